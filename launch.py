@@ -1,0 +1,69 @@
+"""The one entry point: flags -> config -> mode.
+
+  python launch.py --config=configs/lm.py:demo --workdir=runs/demo [--mode=train|eval|sample]
+                   [--config.train.steps=100 ...]
+"""
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset, e.g. configs/lm.py:demo")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's config, checkpoints, metrics, samples")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do")
+
+
+def parse_flags(argv):
+  """absl parsing, with bad config overrides turned into one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    hint = f" (overrides given: {' '.join(bad)})" if bad else ""
+    print(f"launch.py: bad flag or config override{hint}: {e}\n"
+          "Check the field name against the config file (fields are printed with "
+          "--mode=train at start-up) and the value's type.", file=sys.stderr)
+    sys.exit(2)
+
+
+class _QuietLibraries:
+  """Keep orbax's and grain's per-save INFO chatter out of the run's log."""
+
+  def filter(self, record):
+    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/"))
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
+def main(argv):
+  del argv
+  logging.get_absl_logger().addFilter(_QuietLibraries())
+  # Imported here so `--help` and flag errors do not pay for importing jax.
+  from mgm import loop
+  from mgm.errors import ConfigError, WorkdirError
+  from mgm.workdir import check_and_save_config
+  from mgm.validate import validate
+
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if config is None or not workdir:
+    print("launch.py: --config and --workdir are required", file=sys.stderr)
+    return 2
+  try:
+    validate(config)
+    check_and_save_config(workdir, config, write=(mode == "train"))
+    logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
+    result = {"train": loop.train, "eval": loop.evaluate, "sample": loop.sample}[mode](
+        config, os.path.abspath(workdir))
+  except (ConfigError, WorkdirError) as e:   # DataError is a ConfigError
+    print(f"launch.py: {e}", file=sys.stderr)
+    return 2
+  if mode == "sample":
+    print("\n\n".join(result))
+  else:
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

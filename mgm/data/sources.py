@@ -1,0 +1,217 @@
+"""Document sources: random-access sequences of documents (str or bytes).
+
+`make_source(data_cfg, split)` picks one by `data.source`; every source has
+`__len__` and `__getitem__`, so `grain.MapDataset.source` takes it as is.
+Bad configuration raises `DataError`, whose message names the field and the fix.
+"""
+import difflib
+import glob
+import mmap
+import os
+import re
+import zlib
+
+import ml_collections
+
+from mgm.data import synthetic
+from mgm.errors import DataError
+
+SPLITS = ("train", "validation")
+_HASH_BUCKETS = 1000
+
+
+def make_source(data_cfg, split: str):
+  """The documents of `split` ('train' or 'validation') for `data_cfg.source`."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  makers = {"synthetic": _synthetic_source, "text": _text_source, "tfds": _tfds_source}
+  if data_cfg.source not in makers:
+    raise DataError("data.source", f"unknown source {data_cfg.source!r}; use one of "
+                    f"{sorted(makers)}")
+  return makers[data_cfg.source](data_cfg, split)
+
+
+# --- synthetic ---------------------------------------------------------------
+
+def synthetic_corpus(data_cfg) -> synthetic.SyntheticCorpus:
+  kwargs = data_cfg.synthetic
+  if isinstance(kwargs, ml_collections.ConfigDict):
+    kwargs = kwargs.to_dict()
+  return synthetic.SyntheticCorpus(seed=data_cfg.corpus_seed, **kwargs)
+
+
+def _synthetic_source(data_cfg, split):
+  return synthetic.SyntheticSource(synthetic_corpus(data_cfg), split)
+
+
+# --- text files --------------------------------------------------------------
+
+class TextFileSource:
+  """Byte ranges of local files, read lazily so big corpora stay on disk."""
+
+  def __init__(self, spans: list[tuple[str, int, int]]):
+    self._spans = spans  # (path, start, stop)
+
+  def __len__(self) -> int:
+    return len(self._spans)
+
+  def __getitem__(self, index: int) -> bytes:
+    path, start, stop = self._spans[index]
+    with open(path, "rb") as f:
+      f.seek(start)
+      return f.read(stop - start)
+
+  def __repr__(self) -> str:
+    return f"TextFileSource({len(self)} documents)"
+
+
+def match_files(files: str) -> list[str]:
+  """Sorted regular files matched by comma-separated globs; each must match."""
+  patterns = [p.strip() for p in files.split(",") if p.strip()]
+  if not patterns:
+    raise DataError("data.files", "is empty; set it to a glob of UTF-8 text files, "
+                    "e.g. --config.data.files='~/books/*.txt'")
+  paths = set()
+  for pattern in patterns:
+    matched = [p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+               if os.path.isfile(p)]
+    if not matched:
+      raise DataError("data.files", f"glob {pattern!r} matches no file; fix the path "
+                      "(globs are separated by commas, ~ is expanded)")
+    paths.update(os.path.abspath(p) for p in matched)
+  return sorted(paths)
+
+
+def chunk_bounds(data, max_bytes: int) -> list[tuple[int, int]]:
+  """[start, stop) chunks of at most `max_bytes`, cut after a newline.
+
+  A line longer than `max_bytes` is cut at a UTF-8 character boundary instead.
+  `data` is any bytes-like object with `rfind` (bytes or an mmap).
+  """
+  bounds, start, size = [], 0, len(data)
+  while start < size:
+    stop = start + max_bytes
+    if stop < size:
+      newline = data.rfind(b"\n", start, stop)
+      if newline >= 0:
+        stop = newline + 1
+      else:
+        while stop > start + 1 and data[stop] & 0xC0 == 0x80:  # continuation byte
+          stop -= 1
+    stop = min(stop, size)
+    bounds.append((start, stop))
+    start = stop
+  return bounds
+
+
+def _file_chunks(path: str, max_bytes: int) -> list[tuple[int, int]]:
+  if os.path.getsize(path) == 0:
+    return []  # mmap refuses empty files
+  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    return chunk_bounds(data, max_bytes)
+
+
+def validation_flags(keys: list[str], val_fraction: float) -> list[bool]:
+  """Which documents (by stable key) are validation; both splits non-empty.
+
+  The split depends only on each document's own key, so adding a file does not
+  move the other files' documents between splits.
+  """
+  buckets = [zlib.crc32(k.encode("utf-8")) % _HASH_BUCKETS for k in keys]
+  flags = [b < val_fraction * _HASH_BUCKETS for b in buckets]
+  if not any(flags):
+    flags[buckets.index(min(buckets))] = True
+  if all(flags):
+    flags[buckets.index(max(buckets))] = False
+  return flags
+
+
+def _text_source(data_cfg, split):
+  max_bytes = data_cfg.text_doc_bytes
+  if not isinstance(max_bytes, int) or max_bytes < 1:
+    raise DataError("data.text_doc_bytes", f"must be a positive integer, got {max_bytes!r}")
+  if not 0 <= data_cfg.val_fraction < 1:
+    raise DataError("data.val_fraction", f"must lie in [0, 1), got {data_cfg.val_fraction!r}")
+  paths = match_files(data_cfg.files)
+  root = os.path.commonpath([os.path.dirname(p) for p in paths])
+  spans, keys = [], []
+  for path in paths:
+    name = os.path.relpath(path, root).replace(os.sep, "/")
+    for i, (start, stop) in enumerate(_file_chunks(path, max_bytes)):
+      spans.append((path, start, stop))
+      keys.append(f"{name}:{i}")
+  if not spans:
+    raise DataError("data.files", f"the {len(paths)} file(s) matched by {data_cfg.files!r} "
+                    "are all empty; point it at files with text")
+  if len(spans) == 1:
+    raise DataError("data.text_doc_bytes", f"data.files yields a single document of "
+                    f"{spans[0][2] - spans[0][1]} bytes, which cannot be split into train "
+                    "and validation; lower data.text_doc_bytes or add files")
+  in_validation = validation_flags(keys, data_cfg.val_fraction)
+  return TextFileSource([s for s, v in zip(spans, in_validation) if v == (split == "validation")])
+
+
+# --- TensorFlow Datasets -----------------------------------------------------
+
+class TfdsTextSource:
+  """One text feature of a TFDS random-access data source (str or bytes)."""
+
+  def __init__(self, records, field: str):
+    self._records = records
+    self._field = field
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> str | bytes:
+    return self._records[index][self._field]
+
+  def __repr__(self) -> str:
+    return f"TfdsTextSource({self._field!r}, {len(self)} documents)"
+
+
+def _tfds_source(data_cfg, split):
+  import tensorflow_datasets as tfds  # here: a 0.6 s import only tfds users pay
+
+  name = data_cfg.tfds_name
+  if not name:
+    raise DataError("data.tfds_name", "is empty; set it to a TFDS dataset name, "
+                    "e.g. --config.data.tfds_name=tiny_shakespeare")
+  split_field = "data.tfds_train_split" if split == "train" else "data.tfds_eval_split"
+  tfds_split = data_cfg.tfds_train_split if split == "train" else data_cfg.tfds_eval_split
+  data_dir = data_cfg.tfds_data_dir or None
+  try:
+    records = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
+  except tfds.core.DatasetNotFoundError:
+    raise DataError("data.tfds_name", _unknown_dataset(tfds, name)) from None
+  except Exception as e:  # diagnose the usual causes, else let tfds's error through
+    _diagnose_tfds(tfds, name, data_dir, tfds_split, split_field, e)
+    raise
+  features = list(records.dataset_info.features.keys())
+  if data_cfg.tfds_text_field not in features:
+    raise DataError("data.tfds_text_field", f"{name} has no feature "
+                    f"{data_cfg.tfds_text_field!r}; its features are {features}")
+  return TfdsTextSource(records, data_cfg.tfds_text_field)
+
+
+def _unknown_dataset(tfds, name: str) -> str:
+  known = sorted(set(tfds.list_builders(with_community_datasets=False)))  # community: GCS
+  close = difflib.get_close_matches(name.split("/")[0].split(":")[0], known, n=5)
+  hint = f"did you mean {close}?" if close else "see tfds.list_builders()"
+  return f"unknown TFDS dataset {name!r}; {hint}"
+
+
+def _diagnose_tfds(tfds, name, data_dir, tfds_split, split_field, error):
+  """Raise DataError when `error` came from an unprepared dataset or a bad split."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DataError("data.tfds_data_dir", f"TFDS dataset {name!r} is not prepared "
+                    f"(looked in {builder.data_dir}) and downloads are off; prepare it "
+                    f"once on a machine with network: `tfds.builder({name!r}, data_dir=DIR)"
+                    ".download_and_prepare(file_format='array_record')`, then set "
+                    "data.tfds_data_dir=DIR") from error
+  base_split = re.split(r"[\[+]", tfds_split)[0]
+  splits = list(builder.info.splits)
+  if base_split not in splits:
+    raise DataError(split_field, f"{name} has no split {tfds_split!r}; its splits are "
+                    f"{splits}") from error

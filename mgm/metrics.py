@@ -1,0 +1,66 @@
+"""Every number a user sees is computed here and logged the same way.
+
+`bits_per_byte` converts the mean token cross-entropy (nats per token) to bits
+per token; with the byte tokenizer a token is a byte (document separators
+count as one byte each, as they do in the synthetic corpus's entropy floor).
+"""
+import json
+import math
+import os
+
+LN2 = math.log(2.0)
+
+
+def bits_per_byte(nats_per_token: float) -> float:
+  return float(nats_per_token) / LN2
+
+
+def perplexity(nats_per_token: float) -> float:
+  return math.exp(min(float(nats_per_token), 700.0))
+
+
+class MetricsWriter:
+  """metrics.jsonl (one JSON object per logged step) + TensorBoard events.
+
+  Only the main process writes; others get a writer that does nothing, so
+  call sites need no `if process_index == 0`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # deferred: only process 0 needs it
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self._tb.add_scalar(key, value, int(step))
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _plain(value):
+  """numpy/jax scalars -> Python numbers for JSON."""
+  if hasattr(value, "item"):
+    value = value.item()
+  return value
+
+
+def write_json(path: str, obj: dict):
+  """Write atomically: a crash never leaves a half-written JSON file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_plain)
+    f.write("\n")
+  os.replace(tmp, path)

@@ -1,0 +1,181 @@
+"""The multi-granularity LM: G = G_n o ... o G_1 over levels of units (DESIGN §1).
+
+Levels are listed coarsest first; the last is the token level. One level is
+exactly a decoder-only Transformer (the flat baseline, same code path).
+
+  down path: embed tokens -> pre-layers -> pool each unit -> project -> pre-layers -> ...
+  up path:   G_1 over level-1 units, fed the summary of the *previous* unit;
+             G_l fed its previous unit's summary plus its parent's context; ...;
+             G_n over tokens -> logits.
+
+The one-unit shift makes every level causal: the prediction of token t sees
+x_<t only, whatever the segmenter (tested by perturbation). The model takes the
+target tokens x_1..x_T and returns logits[t] for p(x_t | x_<t).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mgm.data.tokenizer import BOS
+from mgm.model import segment as seg_lib
+from mgm.model.spec import ModelSpec
+from mgm.nn.layers import Embed, Linear, RMSNorm
+from mgm.nn.pooling import Pool
+from mgm.nn.transformer import ACTIVATION, Stack
+
+
+def shift_right(x, first):
+  """[B, L, ...] -> [B, L, ...]: (first, x_0, ..., x_{L-2}); `first` broadcasts to x[:, :1]."""
+  first = jnp.broadcast_to(first, (x.shape[0], 1) + x.shape[2:]).astype(x.dtype)
+  return jnp.concatenate([first, x[:, :-1]], axis=1)
+
+
+class LM(nn.Module):
+  spec: ModelSpec
+
+  def setup(self):
+    spec, levels = self.spec, self.spec.levels
+    dtype = spec.compute_dtype
+    stack = lambda i, depth, name: Stack(
+        depth, levels[i].width, levels[i].heads, spec.mlp_ratio, self._span(i),
+        spec.rope_base, spec.qk_norm, spec.remat, dtype, self._unit_window(i), name=name)
+    self.embed = Embed(spec.vocab_size, levels[-1].width, dtype, name="embed")
+    self.generators = [stack(i, l.depth, f"level_{i}") for i, l in enumerate(levels)]
+    self.pre_layers = [stack(i, l.pre_layers, f"pre_{i}") if l.pre_layers else None
+                       for i, l in enumerate(levels)]
+    coarse = levels[:-1]
+    self.pools = [Pool(l.pool, l.width, dtype, name=f"pool_{i}") for i, l in enumerate(coarse)]
+    self.starts = [self.param(f"start_{i}", nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), ("embed",)), (l.width,), jnp.float32)
+                   for i, l in enumerate(coarse)]
+    self.contexts = [Linear("bld,de->ble", (levels[i - 1].width, levels[i].width),
+                            ("mlp", "embed"), dtype=dtype, name=f"context_{i}")
+                     for i in range(1, len(levels))]
+    self.aux_heads = {i: Linear("bnd,dv->bnv", (l.width, spec.vocab_size), ("embed", "vocab"),
+                                dtype=dtype, name=f"aux_head_{i}")
+                      for i, l in enumerate(coarse) if l.aux_loss}
+    self.final_norm = RMSNorm(dtype=dtype, name="final_norm")
+    self.unembed = Linear("btd,dv->btv", (levels[-1].width, spec.vocab_size),
+                          ("embed", "vocab"), dtype=dtype, name="unembed")
+
+  # -- layout helpers --------------------------------------------------------
+
+  def _patched(self, i) -> bool:
+    """A token level attending within fixed parent patches runs on reshaped patches."""
+    levels = self.spec.levels
+    return i == len(levels) - 1 and levels[i].span == "parent" and bool(self._token_patch())
+
+  def _span(self, i):
+    return "full" if self._patched(i) else self.spec.levels[i].span
+
+  def _token_patch(self):
+    levels = self.spec.levels
+    return seg_lib.fixed_patch(levels[:-1], len(levels) - 2) if len(levels) > 1 else None
+
+  def _unit_window(self, i):
+    levels = self.spec.levels
+    if i == len(levels) - 1 and len(levels) > 1 and levels[-1].span == "parent":
+      return levels[-2].max_len or None
+    return None
+
+  def _patch(self, i):
+    """Static elements per unit of level i+1 -> i (None when dynamic)."""
+    levels, n = self.spec.levels, len(self.spec.levels)
+    outer = seg_lib.fixed_patch(levels[:-1], i)
+    inner = 1 if i + 1 == n - 1 else seg_lib.fixed_patch(levels[:-1], i + 1)
+    return outer // inner if outer and inner else None
+
+  def _run(self, stack, i, x, seg):
+    """Run a level-i stack over x [B, L, D] with that level's attention layout."""
+    if stack is None:
+      return x
+    b, length, width = x.shape
+    levels = self.spec.levels
+    if self._patched(i):
+      p = self._token_patch()
+      patches = x.reshape(b * length // p, p, width)
+      pos = jnp.broadcast_to(jnp.arange(p), patches.shape[:2])
+      return stack(patches, pos).reshape(b, length, width)
+    unit_ids = seg.parents(i - 1) if levels[i].span == "parent" else None
+    pos = jnp.broadcast_to(jnp.arange(length), (b, length))
+    return stack(x, pos, unit_ids)
+
+  def _upsample(self, ctx, i, seg, length):
+    """Context of level i-1 units -> each element of level i. [B, length, D]"""
+    p = self._patch(i - 1)
+    if p:
+      return jnp.repeat(ctx, p, axis=1)
+    parents = jnp.clip(seg.parents(i - 1), 0, ctx.shape[1] - 1)
+    return jnp.take_along_axis(ctx, parents[..., None], axis=1)
+
+  # -- forward ---------------------------------------------------------------
+
+  def __call__(self, tokens, mask=None, return_aux: bool = False):
+    """tokens: [B, T] int -> logits [B, T, V] float32 (and aux terms if asked)."""
+    levels, n = self.spec.levels, len(self.spec.levels)
+    b, t = tokens.shape
+    seg = seg_lib.segment(tokens, levels[:-1], t)
+    sizes = list(seg.max_units) + [t]
+
+    down = [None] * n                                           # [B, N_i, D_i]
+    down[-1] = self._run(self.pre_layers[-1], n - 1,
+                         nn.with_logical_constraint(self.embed(tokens), ACTIVATION), seg)
+    for i in reversed(range(n - 1)):
+      p = self._patch(i)
+      pooled = self.pools[i](down[i + 1], num_units=sizes[i], children_per_unit=p,
+                             parents=None if p else seg.parents(i))
+      down[i] = self._run(self.pre_layers[i], i, pooled, seg)
+
+    ctx = None
+    contexts = []
+    for i in range(n):
+      first = self.embed(jnp.full((1, 1), BOS)) if i == n - 1 else self.starts[i]
+      x = shift_right(down[i], first)                          # the one-unit shift
+      if ctx is not None:
+        x = x + self.contexts[i - 1](self._upsample(ctx, i, seg, sizes[i]))
+      ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg)
+      contexts.append(ctx)
+
+    logits = self.unembed(self.final_norm(ctx)).astype(jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    if not return_aux:
+      return logits
+    mask = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
+    return logits, self._aux_terms(tokens, mask, seg, contexts)
+
+  def _aux_terms(self, tokens, mask, seg, contexts):
+    """{name: value}: per-level auxiliary losses and the unit overflow."""
+    terms = {"unit_overflow": seg.overflow}
+    for i, head in self.aux_heads.items():
+      logits = head(contexts[i]).astype(jnp.float32)          # [B, N_i, V]
+      terms[f"aux_{i}"] = unit_loss(self.spec.levels[i].aux_loss, logits, tokens, mask,
+                                    seg.unit_of_token[i], seg.max_units[i])
+    return terms
+
+
+def unit_loss(kind, logits, tokens, mask, unit_of_token, num_units):
+  """Cross-entropy of level-unit predictions: 'bag' (the unit's byte histogram)
+  or 'first' (its first token), averaged over units holding real tokens."""
+  vocab = logits.shape[-1]
+  per_unit = lambda x: jax.vmap(lambda xb, ub: jax.ops.segment_sum(xb, ub, num_units))(
+      x, unit_of_token)
+  real = per_unit(mask)                                              # [B, N]
+  logp = jax.nn.log_softmax(logits)
+  if kind == "bag":
+    hist = per_unit(jax.nn.one_hot(tokens, vocab) * mask[..., None])  # [B, N, V]
+    ce = -jnp.sum(hist * logp, -1) / jnp.maximum(real, 1.0)
+  else:
+    index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    first = jax.vmap(lambda ib, ub: jax.ops.segment_min(ib, ub, num_units))(index, unit_of_token)
+    first_tok = jnp.take_along_axis(tokens, jnp.clip(first, 0, tokens.shape[1] - 1), axis=1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logp, first_tok)
+  weight = (real > 0).astype(jnp.float32)
+  return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def token_loss(logits, tokens, mask):
+  """Masked mean cross-entropy in nats per token, and the token count."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+  count = jnp.sum(mask)
+  return jnp.sum(ce * mask) / jnp.maximum(count, 1.0), count

@@ -1,0 +1,133 @@
+"""Segmenters: where each coarse level's units end, as causal functions of the tokens.
+
+A unit boundary at token t (`bounds[B, T]`, True where token t closes a unit)
+depends on x_<=t only, so generation can close units as it writes (DESIGN §1):
+a word closes at a delimiter that follows a non-delimiter; a sentence at the
+whitespace *after* . ! ?; a paragraph at the second newline of a blank line;
+`fixed:P` every P tokens; a document separator (EOS) closes every level.
+A maximum unit length forces a boundary (SpaceByte-style). Levels are computed
+coarsest first and boundaries are nested by OR: a coarse boundary is always a
+finer one too.
+
+Unit counts are bounded by static maxima so shapes are static under jit; an
+overflow is reported (`Segmentation.overflow`) and the train step refuses the
+update, never truncating silently.
+"""
+import dataclasses
+import string
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgm.data.tokenizer import BOS, EOS
+
+WORD_DELIMITERS = (string.whitespace + string.punctuation).encode()
+SENTENCE_ENDS = b".!?"
+WHITESPACE = string.whitespace.encode()
+NAMED = ("word", "sentence", "paragraph")
+
+
+def parse_units(units: str) -> tuple[str, object]:
+  """'fixed:8' -> ('fixed', 8); 'bytes:;,' -> ('bytes', b';,'); 'word' -> ('word', None)."""
+  if units.startswith("fixed:"):
+    return "fixed", int(units[6:])
+  if units.startswith("bytes:"):
+    return "bytes", units[6:].encode().decode("unicode_escape").encode("latin-1")
+  return units, None
+
+
+def _is_in(tokens, byte_set: bytes):
+  table = np.zeros(BOS + 2, bool)
+  table[list(byte_set)] = True
+  return jnp.asarray(table)[jnp.clip(tokens, 0, BOS + 1)]
+
+
+def natural_bounds(units: str, tokens):
+  """Boundaries from the tokens alone (before nesting and forcing). [B, T] bool"""
+  kind, arg = parse_units(units)
+  prev = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=BOS)[:, :-1]
+  if kind == "fixed":
+    t = jnp.arange(tokens.shape[1])
+    bounds = jnp.broadcast_to((t + 1) % arg == 0, tokens.shape)
+  elif kind in ("word", "bytes"):
+    delims = WORD_DELIMITERS if kind == "word" else arg
+    bounds = _is_in(tokens, delims) & ~(_is_in(prev, delims) | (prev == BOS))
+  elif kind == "sentence":
+    bounds = _is_in(tokens, WHITESPACE) & _is_in(prev, SENTENCE_ENDS)
+  elif kind == "paragraph":
+    bounds = (tokens == ord("\n")) & (prev == ord("\n"))
+  else:
+    raise ValueError(f"unknown units {units!r}")
+  return bounds | (tokens == EOS)
+
+
+def force_max_len(bounds, max_len: int):
+  """Add a boundary wherever a unit reaches `max_len` tokens. [B, T] bool"""
+  t = jnp.arange(bounds.shape[1])
+  last = jax.lax.cummax(jnp.where(bounds, t, -1), axis=1)        # last boundary <= t
+  last_before = jnp.pad(last, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  return bounds | ((t - last_before) % max_len == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+  """Units of every coarse level i (0 = coarsest), for one batch of tokens."""
+  bounds: tuple          # [B, T] bool per coarse level
+  unit_of_token: tuple   # [B, T] int: index of the level-i unit holding token t
+  counts: tuple          # [B] int: units per sequence
+  max_units: tuple[int, ...]
+
+  @property
+  def overflow(self):
+    """Largest excess of units over the static maximum, 0 when all fit. [] int"""
+    excess = [jnp.max(c) - m for c, m in zip(self.counts, self.max_units)]
+    return jnp.maximum(0, jnp.max(jnp.stack(excess))) if excess else jnp.zeros((), jnp.int32)
+
+  def parents(self, i: int):
+    """Parent (level i) of each element of level i+1: [B, N_{i+1}], or [B, T] for tokens.
+
+    Elements that do not exist (padding units) get N_i, which pooling drops.
+    """
+    if i + 1 == len(self.bounds):
+      return self.unit_of_token[i]
+    fine, n_fine = self.unit_of_token[i + 1], self.max_units[i + 1]
+    first = jax.vmap(lambda u, p: jax.ops.segment_max(p, u, n_fine))(fine, self.unit_of_token[i])
+    return jnp.where(first < 0, self.max_units[i], first)
+
+
+def segment(tokens, levels, seq_len: int) -> Segmentation:
+  """Segment `tokens` [B, T] for the coarse `levels` (LevelSpecs, coarsest first)."""
+  bounds, prev = [], None
+  for level in levels:
+    b = natural_bounds(level.units, tokens)
+    if prev is not None:
+      b = b | prev
+    if level.max_len:
+      b = force_max_len(b, level.max_len)
+    bounds.append(b)
+    prev = b
+  unit_of_token = [jnp.cumsum(b, axis=1, dtype=jnp.int32) - b for b in bounds]
+  counts = [u[:, -1] + 1 for u in unit_of_token]
+  return Segmentation(tuple(bounds), tuple(unit_of_token), tuple(counts),
+                      tuple(max_units(levels, i, seq_len) for i in range(len(levels))))
+
+
+def fixed_patch(levels, i: int) -> int | None:
+  """P when level i's units are exactly every P tokens (it and all coarser levels
+  fixed, each period dividing the coarser one), else None."""
+  period = None
+  for level in levels[:i + 1]:
+    kind, arg = parse_units(level.units)
+    if kind != "fixed" or level.max_len or (period is not None and period % arg):
+      return None
+    period = arg
+  return period
+
+
+def max_units(levels, i: int, seq_len: int) -> int:
+  """Static bound on level i's units per sequence."""
+  patch = fixed_patch(levels, i)
+  if patch:
+    return seq_len // patch
+  return levels[i].max_units

@@ -1,0 +1,109 @@
+"""Causal multi-head self-attention with RoPE and optional qk-norm.
+
+Spans (DESIGN §1): `full` causal, `window:W` (each query sees its W most
+recent positions, itself included) and `parent` (only positions of the same
+parent unit, given as `unit_ids`; fixed parents are handled by reshaping into
+patches before attention, so they never reach here).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mgm.nn.layers import Dtype, Linear, RMSNorm
+
+
+def rope(x, positions, base: float):
+  """Rotary embedding. x: [B, T, N, H], positions: [B, T] (int)."""
+  half = x.shape[-1] // 2
+  freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)      # [H/2]
+  angle = positions[..., None].astype(jnp.float32) * freq            # [B, T, H/2]
+  cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def parse_span(span: str) -> tuple[str, int | None]:
+  """'full' | 'parent' | 'window:W' -> (kind, W)."""
+  if span.startswith("window:"):
+    return "window", int(span.split(":", 1)[1])
+  return span, None
+
+
+def local_attention(q, k, v, window: int, unit_ids=None):
+  """Causal attention where query t sees keys (t-window, t], of its own unit if
+  `unit_ids` [B, T] is given. q, k, v: [B, T, N, H] -> [B, T, N, H].
+
+  Blockwise: blocks of `window` queries attend to their block and the previous
+  one, so the cost is T x 2*window instead of T x T.
+  """
+  b, t, n, h = q.shape
+  c = window
+  pad = -t % c
+  if pad:
+    padder = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+    q, k, v = padder(q), padder(k), padder(v)
+    unit_ids = None if unit_ids is None else padder(unit_ids)
+  nb = (t + pad) // c
+  blocks = lambda x: x.reshape(b, nb, c, *x.shape[2:])
+  with_prev = lambda x: jnp.concatenate(
+      [jnp.pad(x, ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))[:, :-1], x], axis=2)
+  qb, kb, vb = blocks(q), with_prev(blocks(k)), with_prev(blocks(v))   # kb: [B, nb, 2c, N, H]
+  q_pos = jnp.arange(nb)[:, None] * c + jnp.arange(c)                  # [nb, c]
+  k_pos = jnp.arange(nb)[:, None] * c + jnp.arange(-c, c)              # [nb, 2c]
+  delta = q_pos[:, :, None] - k_pos[:, None, :]                        # [nb, c, 2c]
+  mask = ((delta >= 0) & (delta < window) & (k_pos[:, None, :] >= 0))[None]
+  if unit_ids is not None:
+    ub = blocks(unit_ids)
+    mask = mask & (ub[..., :, None] == with_prev(ub)[..., None, :])     # [B, nb, c, 2c]
+  scores = jnp.einsum("bkqnh,bksnh->bknqs", qb, kb) / jnp.sqrt(h).astype(q.dtype)
+  scores = jnp.where(mask[:, :, None], scores.astype(jnp.float32), -1e30)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bknqs,bksnh->bkqnh", probs, vb)
+  return out.reshape(b, nb * c, n, h)[:, :t]
+
+
+def attend(q, k, v, span: str, unit_ids=None, unit_window: int | None = None):
+  """Causal self-attention over `span`. q, k, v: [B, T, N, H].
+
+  'parent' with `unit_ids` restricts keys to the query's unit; units are at
+  most `unit_window` long, so that is local attention with a unit mask.
+  """
+  kind, window = parse_span(span)
+  if kind == "parent" and unit_ids is not None:
+    window = unit_window
+  elif kind != "window":
+    window = None
+  if window is None or window >= q.shape[1]:
+    if kind == "parent" and unit_ids is not None:   # short sequence: one block
+      mask = (unit_ids[:, :, None] == unit_ids[:, None, :])[:, None]
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  return local_attention(q, k, v, window, unit_ids)
+
+
+class SelfAttention(nn.Module):
+  width: int
+  heads: int
+  span: str = "full"
+  rope_base: float = 10_000.0
+  qk_norm: bool = False
+  dtype: Dtype = jnp.float32
+
+  unit_window: int | None = None   # longest unit, for span='parent' with unit_ids
+
+  @nn.compact
+  def __call__(self, x, positions, unit_ids=None):
+    """x: [B, T, D], positions: [B, T] -> [B, T, D]."""
+    head_dim = self.width // self.heads
+    proj = lambda name: Linear("btd,dnh->btnh", (self.width, self.heads, head_dim),
+                               ("embed", "heads", "kv"), dtype=self.dtype, name=name)(x)
+    q, k, v = proj("query"), proj("key"), proj("value")       # [B, T, N, H]
+    if self.qk_norm:
+      q = RMSNorm("kv", self.dtype, name="query_norm")(q)
+      k = RMSNorm("kv", self.dtype, name="key_norm")(k)
+    q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
+    out = attend(q, k, v, self.span, unit_ids, self.unit_window)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return Linear("btnh,nhd->btd", (self.heads, head_dim, self.width),
+                  ("heads", "kv", "embed"), fan_in_axes=(0, 1), dtype=self.dtype,
+                  name="out")(out)

@@ -1,0 +1,82 @@
+"""Pool the elements of each unit into one vector (the down path, DESIGN §1).
+
+Two layouts: `static` units of exactly k elements (reshape; required by
+`concat`), and `dynamic` units given by a parent index per element (segment
+ops; elements whose parent is out of range are dropped).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mgm.nn.layers import Dtype, Linear
+
+POOLS = ("concat", "mean", "attention", "last")
+
+
+def _segment(op, x, parents, num):
+  """Batched jax.ops.segment_*: x [B, L, ...], parents [B, L] -> [B, num, ...]."""
+  return jax.vmap(lambda xb, pb: op(xb, pb, num_segments=num))(x, parents)
+
+
+class AttentivePool(nn.Module):
+  """HAN attention weights: u_i = tanh(W h_i + b), alpha_i = softmax_i(v . u_i)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [..., D] -> scores [...] (float32)."""
+    width = x.shape[-1]
+    u = Linear("...d,de->...e", (width, width), ("embed", "mlp"), dtype=self.dtype,
+               name="proj")(x)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                      (width,), jnp.float32)
+    v = self.param("context", nn.with_logical_partitioning(
+        nn.initializers.normal(width ** -0.5), ("mlp",)), (width,), jnp.float32)
+    return jnp.einsum("...e,e->...", jnp.tanh(u.astype(jnp.float32) + bias), v)
+
+
+class Pool(nn.Module):
+  """Children [B, L, D_in] -> units [B, N, D_out]."""
+  kind: str
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, num_units: int, children_per_unit: int | None = None,
+               parents=None):
+    b, length, width_in = x.shape
+    if children_per_unit:                                    # static layout
+      xs = x.reshape(b, num_units, children_per_unit, width_in)
+      if self.kind == "concat":
+        xs = xs.reshape(b, num_units, children_per_unit * width_in)
+        pooled = xs
+      elif self.kind == "mean":
+        pooled = xs.mean(axis=2)
+      elif self.kind == "last":
+        pooled = xs[:, :, -1]
+      else:
+        alpha = jax.nn.softmax(AttentivePool(self.dtype, name="attention")(xs), axis=-1)
+        pooled = jnp.einsum("bnk,bnkd->bnd", alpha.astype(x.dtype), xs)
+    else:                                                    # dynamic layout
+      pooled = self._dynamic(x, parents, num_units)
+    return Linear("bnd,de->bne", (pooled.shape[-1], self.width), ("mlp", "embed"),
+                  dtype=self.dtype, name="proj")(pooled)
+
+  def _dynamic(self, x, parents, num):
+    if self.kind == "concat":
+      raise ValueError("concat pooling needs fixed units")
+    if self.kind == "mean":
+      total = _segment(jax.ops.segment_sum, x, parents, num)
+      count = _segment(jax.ops.segment_sum, jnp.ones(parents.shape, x.dtype), parents, num)
+      return total / jnp.maximum(count, 1)[..., None]
+    if self.kind == "last":
+      index = jnp.broadcast_to(jnp.arange(x.shape[1]), parents.shape)
+      last = _segment(jax.ops.segment_max, index, parents, num)          # [B, N]
+      return jnp.take_along_axis(x, jnp.clip(last, 0)[..., None], axis=1)
+    scores = AttentivePool(self.dtype, name="attention")(x)              # [B, L]
+    top = _segment(jax.ops.segment_max, scores, parents, num)
+    top = jnp.take_along_axis(top, jnp.clip(parents, 0, num - 1), axis=1)
+    weight = jnp.exp(scores - jax.lax.stop_gradient(top))
+    norm = _segment(jax.ops.segment_sum, weight, parents, num)
+    total = _segment(jax.ops.segment_sum, weight[..., None].astype(x.dtype) * x, parents, num)
+    return total / jnp.maximum(norm, 1e-30)[..., None].astype(x.dtype)

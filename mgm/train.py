@@ -1,0 +1,91 @@
+"""Train state, pure train/eval steps, and the optimizer."""
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mgm.model.lm import LM, token_loss
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(train_cfg):
+  """AdamW, linear warmup then cosine decay to lr*min_lr_ratio, global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_cfg.lr, warmup_steps=train_cfg.warmup_steps,
+      decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
+      end_value=train_cfg.lr * train_cfg.min_lr_ratio)
+  tx = optax.chain(
+      optax.clip_by_global_norm(train_cfg.grad_clip),
+      optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
+                  weight_decay=train_cfg.weight_decay, mask=_decay_mask))
+  return tx, schedule
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not norm scales)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def init_params(model: LM, rng, batch_shape):
+  """Boxed (logically partitioned) parameters for tokens of `batch_shape`."""
+  return model.init(rng, jnp.zeros(batch_shape, jnp.int32))["params"]
+
+
+def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
+  params = nn.meta.unbox(init_params(model, rng, batch_shape))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def loss_fn(params, model: LM, batch):
+  """L = token cross-entropy + sum_i lambda_i L_i (per-level auxiliary losses)."""
+  logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
+                            return_aux=True)
+  token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
+  total = token_ce
+  for i, level in enumerate(model.spec.levels):
+    if level.aux_loss:
+      total = total + level.aux_weight * aux[f"aux_{i}"]
+  return total, {"loss": token_ce, "tokens": count, **aux}
+
+
+def make_train_step(model: LM, tx):
+  """(state, batch) -> (state, metrics); pure, for jax.jit."""
+
+  def train_step(state: TrainState, batch):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (total, metrics), grads = grad_fn(state.params, model, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Units that overflow their static maximum would mix contexts: refuse the
+    # update (the loop stops the run with a clear error).
+    ok = metrics["unit_overflow"] == 0
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    params = keep(optax.apply_updates(state.params, updates), state.params)
+    opt_state = keep(opt_state, state.opt_state)
+    metrics = {**metrics, "total_loss": total, "grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: LM):
+  """(params, batch) -> (sum of nats, token count): sums, so batches add up exactly."""
+
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["tokens"])
+    loss, count = token_loss(logits, batch["tokens"], batch["mask"])
+    return loss * count, count
+
+  return eval_step
+
+
+def param_count(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,66 @@
+"""The run's workdir: resolved config, and the check that a workdir belongs to this run."""
+import json
+import os
+import time
+
+from mgm.errors import WorkdirError
+from mgm.metrics import write_json
+
+# Sections that fix the shapes of parameters and data: a run cannot continue
+# in a workdir whose saved config differs in these.
+SHAPE_SECTIONS = ("model", "data")
+
+
+def config_to_dict(config) -> dict:
+  """ConfigDict (with lists of ConfigDicts) -> plain JSON-able dict."""
+  return json.loads(config.to_json())
+
+
+def _diff(old, new, prefix=""):
+  """Dotted paths where two nested dicts differ."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      out += _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+    return out
+  if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+    return [d for i, (a, b) in enumerate(zip(old, new)) for d in _diff(a, b, f"{prefix}[{i}]")]
+  return [] if old == new else [prefix]
+
+
+def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
+  """Refuse a workdir holding another run's incompatible config; save the resolved one.
+
+  A compatible change (say `train.steps`, to extend a run) keeps the previous
+  file as config-<time>.json: nothing already written is lost.
+  """
+  new = config_to_dict(config)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    changed = _diff(old, new)
+    clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS]
+    if clashes:
+      raise WorkdirError(
+          f"workdir {workdir!r} holds a run whose config differs in "
+          f"{', '.join(clashes[:6])}{' ...' if len(clashes) > 6 else ''} "
+          f"(saved there: {[_lookup(old, p) for p in clashes[:3]]}, now: "
+          f"{[_lookup(new, p) for p in clashes[:3]]}). Use another --workdir, or the "
+          "same model and data config to resume it.")
+    if changed and write:
+      os.replace(path, os.path.join(workdir, f"config-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+  if write:
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, new)
+  return new
+
+
+def _lookup(tree, dotted):
+  for part in dotted.replace("[", ".[").split("."):
+    if part.startswith("["):
+      idx = int(part[1:-1])
+      tree = tree[idx] if isinstance(tree, list) and idx < len(tree) else None
+    else:
+      tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree
