@@ -37,7 +37,7 @@ def _decay_mask(params):
 
 def init_params(model: LM, rng, batch_shape):
   """Boxed (logically partitioned) parameters for tokens of `batch_shape`."""
-  return model.init(rng, jnp.zeros(batch_shape, jnp.int32))["params"]
+  return model.init(rng, jnp.zeros(batch_shape, jnp.int32), return_aux=True)["params"]
 
 
 def init_state(model: LM, tx, rng, batch_shape) -> TrainState:

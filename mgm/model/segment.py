@@ -4,7 +4,8 @@ A unit boundary at token t (`bounds[B, T]`, True where token t closes a unit)
 depends on x_<=t only, so generation can close units as it writes (DESIGN §1):
 a word closes at a delimiter that follows a non-delimiter; a sentence at the
 whitespace *after* . ! ?; a paragraph at the second newline of a blank line;
-`fixed:P` every P tokens; a document separator (EOS) closes every level.
+`fixed:P` every P tokens (document ends included, so patches stay static);
+a document separator (EOS) closes every delimiter-defined unit.
 A maximum unit length forces a boundary (SpaceByte-style). Levels are computed
 coarsest first and boundaries are nested by OR: a coarse boundary is always a
 finer one too.
@@ -47,10 +48,10 @@ def natural_bounds(units: str, tokens):
   """Boundaries from the tokens alone (before nesting and forcing). [B, T] bool"""
   kind, arg = parse_units(units)
   prev = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=BOS)[:, :-1]
-  if kind == "fixed":
+  if kind == "fixed":   # patches ignore document ends, so they stay static
     t = jnp.arange(tokens.shape[1])
-    bounds = jnp.broadcast_to((t + 1) % arg == 0, tokens.shape)
-  elif kind in ("word", "bytes"):
+    return jnp.broadcast_to((t + 1) % arg == 0, tokens.shape)
+  if kind in ("word", "bytes"):
     delims = WORD_DELIMITERS if kind == "word" else arg
     bounds = _is_in(tokens, delims) & ~(_is_in(prev, delims) | (prev == BOS))
   elif kind == "sentence":

@@ -74,9 +74,11 @@ class Pool(nn.Module):
       last = _segment(jax.ops.segment_max, index, parents, num)          # [B, N]
       return jnp.take_along_axis(x, jnp.clip(last, 0)[..., None], axis=1)
     scores = AttentivePool(self.dtype, name="attention")(x)              # [B, L]
+    valid = (parents >= 0) & (parents < num)   # padding units' elements are dropped
     top = _segment(jax.ops.segment_max, scores, parents, num)
     top = jnp.take_along_axis(top, jnp.clip(parents, 0, num - 1), axis=1)
-    weight = jnp.exp(scores - jax.lax.stop_gradient(top))
+    shifted = jnp.where(valid, scores - jax.lax.stop_gradient(top), 0.0)
+    weight = jnp.where(valid, jnp.exp(shifted), 0.0)   # no inf, so no NaN gradients
     norm = _segment(jax.ops.segment_sum, weight, parents, num)
     total = _segment(jax.ops.segment_sum, weight[..., None].astype(x.dtype) * x, parents, num)
     return total / jnp.maximum(norm, 1e-30)[..., None].astype(x.dtype)

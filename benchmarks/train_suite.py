@@ -1,0 +1,75 @@
+"""The hierarchy's cost against sequence length: flat, megabyte and mgm3 at
+1024, 4096 and 16384 bytes, parameters equal within 10%, 8192-16384 tokens a step.
+
+  python -m benchmarks.train_suite            # writes benchmarks/results/train_suite.{jsonl,md}
+
+Each shape runs in its own process (benchmarks/train_throughput.py) so peak
+memory is per shape. The point of the hierarchy is cost that grows slower than
+quadratically: the table gives each model's time per sequence at 16384 over
+1024 (16 = linear; flat full attention is far above).
+"""
+import json
+import os
+import subprocess
+import sys
+
+SHAPES = {   # model -> (dims, depths)
+    "flat": ("256", "7"),
+    "megabyte": ("256,256", "4,2"),
+    "mgm3": ("256,256,256", "2,2,2"),
+}
+SEQ_LENS = (1024, 4096, 16384)
+OUT = os.path.join(os.path.dirname(__file__), "results")
+
+
+def run(model, seq_len):
+  dims, depths = SHAPES[model]
+  batch = max(1, 8192 // seq_len)
+  cmd = [sys.executable, "-m", "benchmarks.train_throughput", f"--model={model}",
+         f"--dims={dims}", f"--depths={depths}", "--heads=4", "--patch=8",
+         f"--seq_len={seq_len}", f"--batch={batch}", "--steps=2"]
+  if model == "flat" and seq_len > 4096:
+    cmd.append("--remat")   # full attention at 16K would not fit in 24 GiB otherwise
+  proc = subprocess.run(cmd, capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if proc.returncode:
+    return {"model": model, "seq_len": seq_len, "error": proc.stderr.strip()[-300:]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows):
+  lines = ["| model | params | seq_len | batch | tokens/s | s/sequence | XLA peak GiB | peak RSS GiB |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['model']} | | {r['seq_len']} | | error: {r['error'][:80]} | | | |")
+      continue
+    lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['seq_len']} | {r['batch']} | "
+                 f"{r['tokens_per_sec']:,.0f} | {r['seconds_per_sequence']:.3f} | "
+                 f"{r['xla_peak_gib']:.2f} | {r['peak_rss_gib']:.2f} |")
+  lines += ["", "| model | s/sequence at 16384 / at 1024 (16 = linear) |", "|---|---|"]
+  for model in SHAPES:
+    by_len = {r["seq_len"]: r for r in rows if r["model"] == model and "error" not in r}
+    if 1024 in by_len and 16384 in by_len:
+      ratio = by_len[16384]["seconds_per_sequence"] / by_len[1024]["seconds_per_sequence"]
+      lines.append(f"| {model} | {ratio:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  os.makedirs(OUT, exist_ok=True)
+  rows = []
+  with open(os.path.join(OUT, "train_suite.jsonl"), "w") as f:
+    for model in SHAPES:
+      for seq_len in SEQ_LENS:
+        rows.append(run(model, seq_len))
+        f.write(json.dumps(rows[-1]) + "\n")
+        f.flush()
+        print(json.dumps(rows[-1]), flush=True)
+  with open(os.path.join(OUT, "train_suite.md"), "w") as f:
+    f.write(table(rows))
+  print(table(rows))
+
+
+if __name__ == "__main__":
+  main()
