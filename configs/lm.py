@@ -121,11 +121,22 @@ def base_config():
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
 
-  c.sample = mlc.ConfigDict()
-  c.sample.prompt = ""
-  c.sample.num_samples = 2
-  c.sample.max_new_tokens = 256
+  c.sample = mlc.ConfigDict()           # --mode=sample, and samples after training
+  c.sample.strategy = "sample"          # greedy | sample | beam
+  c.sample.prompt = "= "                # the synthetic corpus's documents open with "= Topic ="
+  c.sample.prompt_file = ""             # or one prompt per line of a UTF-8 file
+  c.sample.num_samples = 2              # per prompt
+  c.sample.max_new_tokens = 128         # prompt + new tokens <= data.seq_len
+  c.sample.min_new_tokens = 0
   c.sample.temperature = 0.8
+  c.sample.top_k = 0                    # 0 = off
+  c.sample.top_p = 1.0                  # 1 = off
+  c.sample.beam_size = 4
+  c.sample.length_penalty = 1.0
+  c.sample.banned = ""                  # bytes never to emit
+  c.sample.stop = ()                    # stop sequences, e.g. ("\n\n",)
+  c.sample.forced_prefix = ""
+  c.sample.stop_at_eos = True
   c.sample.seed = 0
   return c
 

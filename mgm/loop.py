@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from mgm import checkpoint
 from mgm.data import pipeline
-from mgm.data.tokenizer import decode
+from mgm import decode
+from mgm.data.tokenizer import decode as detokenize
 from mgm.errors import ConfigError, WorkdirError
-from mgm.decode import pack_prompts, sample_recompute
 from mgm.metrics import MetricsWriter, bits_per_byte, perplexity, write_json
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
@@ -48,13 +48,27 @@ class Run:
     return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
 
   def samples(self, params) -> list[str]:
+    """Prompt + generated text for each prompt x sample.num_samples (the cached generator)."""
     cfg = self.config.sample
-    prompts = [cfg.prompt] * cfg.num_samples
-    buf, lengths = pack_prompts(prompts, max(len(cfg.prompt.encode()), 1) + cfg.max_new_tokens)
-    out = sample_recompute(self.model.apply, params, buf, lengths,
-                           jax.random.key(cfg.seed), jnp.float32(cfg.temperature),
-                           cfg.max_new_tokens)
-    return [decode(np.asarray(row)) for row in out]
+    spec = decode.from_config(cfg, self.config.model.vocab_size)
+    prompts = [p for p in read_prompts(cfg) for _ in range(cfg.num_samples)]
+    tokens, lengths = decode.pack_prompts(prompts, spec, self.model, self.config.data.seq_len)
+    out, _ = decode.generate(self.model, params, tokens, lengths,
+                             jax.random.key(cfg.seed), spec)
+    return [p + t for p, t in zip(prompts, decode.new_text(out, lengths, detokenize))]
+
+
+def read_prompts(sample_cfg) -> list[str]:
+  if not sample_cfg.prompt_file:
+    return [sample_cfg.prompt]
+  try:
+    with open(os.path.expanduser(sample_cfg.prompt_file), encoding="utf-8") as f:
+      prompts = [line.rstrip("\n") for line in f if line.strip()]
+  except OSError as e:
+    raise ConfigError("sample.prompt_file", f"cannot read {sample_cfg.prompt_file!r}: {e}")
+  if not prompts:
+    raise ConfigError("sample.prompt_file", f"{sample_cfg.prompt_file!r} holds no prompt")
+  return prompts
 
 
 class Throughput:

@@ -2,6 +2,7 @@
 
 Each error names the field and the fix (`ConfigError`).
 """
+from mgm import decode
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
 
@@ -10,10 +11,8 @@ SOURCES = ("synthetic", "text", "tfds")
 POSITIVE_INTS = (
     "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size",
     "train.log_every", "train.eval_every", "train.eval_batches",
-    "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
-    "sample.max_new_tokens")
-NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
-                        "sample.temperature")
+    "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples")
+NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio")
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip")
 
 
@@ -46,6 +45,12 @@ def validate(config):
   _validate_train(config.train)
   spec = spec_lib.from_config(config.model)
   spec_lib.check_hierarchy(spec.levels, config.data.seq_len)
+  sample = decode.from_config(config.sample, config.model.vocab_size)
+  prompt_bytes = len(config.sample.prompt.encode())
+  if prompt_bytes + sample.max_new > config.data.seq_len:
+    raise ConfigError("sample.max_new_tokens", f"the prompt ({prompt_bytes} bytes) plus "
+                      f"{sample.max_new} new tokens exceeds data.seq_len="
+                      f"{config.data.seq_len}; lower it")
 
 
 def _validate_data(data):

@@ -45,7 +45,8 @@ class LM(nn.Module):
     self.pre_layers = [stack(i, l.pre_layers, f"pre_{i}") if l.pre_layers else None
                        for i, l in enumerate(levels)]
     coarse = levels[:-1]
-    self.pools = [Pool(l.pool, l.width, dtype, name=f"pool_{i}") for i, l in enumerate(coarse)]
+    self.pools = [Pool(l.pool, l.width, self._pool_in_width(i), dtype, name=f"pool_{i}")
+                  for i, l in enumerate(coarse)]
     self.starts = [self.param(f"start_{i}", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("embed",)), (l.width,), jnp.float32)
                    for i, l in enumerate(coarse)]
@@ -78,6 +79,10 @@ class LM(nn.Module):
     if i == len(levels) - 1 and len(levels) > 1 and levels[-1].span == "parent":
       return levels[-2].max_len or None
     return None
+
+  def _pool_in_width(self, i):
+    child = self.spec.levels[i + 1].width
+    return child * self._patch(i) if self.spec.levels[i].pool == "concat" else child
 
   def _patch(self, i):
     """Static elements per unit of level i+1 -> i (None when dynamic)."""
@@ -113,6 +118,15 @@ class LM(nn.Module):
 
   def __call__(self, tokens, mask=None, return_aux: bool = False):
     """tokens: [B, T] int -> logits [B, T, V] float32 (and aux terms if asked)."""
+    out = self.forward(tokens)
+    if not return_aux:
+      return out["logits"]
+    mask = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
+    return out["logits"], self._aux_terms(tokens, mask, out["seg"], out["contexts"])
+
+  def forward(self, tokens):
+    """The teacher-forced pass, with what the decoder's prefill needs:
+    logits, per-level down vectors and contexts, and the segmentation."""
     levels, n = self.spec.levels, len(self.spec.levels)
     b, t = tokens.shape
     seg = seg_lib.segment(tokens, levels[:-1], t)
@@ -137,12 +151,13 @@ class LM(nn.Module):
       ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg)
       contexts.append(ctx)
 
-    logits = self.unembed(self.final_norm(ctx)).astype(jnp.float32)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    if not return_aux:
-      return logits
-    mask = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
-    return logits, self._aux_terms(tokens, mask, seg, contexts)
+    logits = self.logits(ctx)
+    return {"logits": logits, "down": down, "contexts": contexts, "seg": seg}
+
+  def logits(self, x):
+    """Token-level outputs [B, T, D] -> logits [B, T, V] float32."""
+    logits = self.unembed(self.final_norm(x)).astype(jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
   def _aux_terms(self, tokens, mask, seg, contexts):
     """{name: value}: per-level auxiliary losses and the unit overflow."""

@@ -132,3 +132,28 @@ def max_units(levels, i: int, seq_len: int) -> int:
   if patch:
     return seq_len // patch
   return levels[i].max_units
+
+
+def step_bounds(levels, prev, token, t, unit_lens):
+  """One step of `segment` for the incremental decoder: do units close at token t?
+
+  prev, token, t: [B] (the previous token, BOS at t = 0; this token; its
+  position); unit_lens: per level, tokens already in the open unit [B].
+  Returns (bounds [B] bool per level, unit_lens after token t). Same rules,
+  nesting and forcing as `segment`: a forced boundary where the unit reaches
+  max_len tokens is exactly where (t - last natural boundary) % max_len == 0.
+  """
+  bounds, lens, coarser = [], [], None
+  pair = jnp.stack([prev, token], axis=1)
+  for level, length in zip(levels, unit_lens):
+    kind, arg = parse_units(level.units)
+    b = (t + 1) % arg == 0 if kind == "fixed" else natural_bounds(level.units, pair)[:, 1]
+    if coarser is not None:
+      b = b | coarser
+    length = length + 1
+    if level.max_len:
+      b = b | (length == level.max_len)
+    bounds.append(b)
+    lens.append(jnp.where(b, 0, length))
+    coarser = b
+  return bounds, lens

@@ -92,8 +92,14 @@ class SelfAttention(nn.Module):
   unit_window: int | None = None   # longest unit, for span='parent' with unit_ids
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None):
-    """x: [B, T, D], positions: [B, T] -> [B, T, D]."""
+  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None):
+    """x: [B, T, D], positions: [B, T] -> [B, T, D].
+
+    Teacher-forced, it also sows its keys and values ('intermediates'/'kv') for
+    the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, S, N, H]), x is
+    one step [B, 1, D]: its key and value are written at slot `index` [B] and
+    the query attends to the slots in `key_mask` [B, S]; returns (out, cache).
+    """
     head_dim = self.width // self.heads
     proj = lambda name: Linear("btd,dnh->btnh", (self.width, self.heads, head_dim),
                                ("embed", "heads", "kv"), dtype=self.dtype, name=name)(x)
@@ -102,8 +108,24 @@ class SelfAttention(nn.Module):
       q = RMSNorm("kv", self.dtype, name="query_norm")(q)
       k = RMSNorm("kv", self.dtype, name="key_norm")(k)
     q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
-    out = attend(q, k, v, self.span, unit_ids, self.unit_window)
+    if cache is None:
+      self.sow("intermediates", "kv", (k, v))
+      out = attend(q, k, v, self.span, unit_ids, self.unit_window)
+    else:
+      cache, out = cached_attention(q, k, v, cache, index, key_mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return Linear("btnh,nhd->btd", (self.heads, head_dim, self.width),
-                  ("heads", "kv", "embed"), fan_in_axes=(0, 1), dtype=self.dtype,
-                  name="out")(out)
+    out = Linear("btnh,nhd->btd", (self.heads, head_dim, self.width),
+                 ("heads", "kv", "embed"), fan_in_axes=(0, 1), dtype=self.dtype,
+                 name="out")(out)
+    return out if cache is None else (out, cache)
+
+
+def cached_attention(q, k, v, cache, index, key_mask):
+  """One query step against a KV cache. q, k, v: [B, 1, N, H]; cache k, v: [B, S, N, H]."""
+  rows = jnp.arange(q.shape[0])
+  cache = {"k": cache["k"].at[rows, index].set(k[:, 0].astype(cache["k"].dtype)),
+           "v": cache["v"].at[rows, index].set(v[:, 0].astype(cache["v"].dtype))}
+  scores = jnp.einsum("bqnh,bsnh->bnqs", q, cache["k"]) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  scores = jnp.where(key_mask[:, None, None, :], scores.astype(jnp.float32), -1e30)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return cache, jnp.einsum("bnqs,bsnh->bqnh", probs, cache["v"])

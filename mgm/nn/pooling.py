@@ -36,31 +36,45 @@ class AttentivePool(nn.Module):
 
 
 class Pool(nn.Module):
-  """Children [B, L, D_in] -> units [B, N, D_out]."""
+  """Children [B, L, D_child] -> units [B, N, width].
+
+  `score` and `project` are the two learned pieces, exposed for the incremental
+  decoder, which pools one child at a time.
+  """
   kind: str
   width: int
+  in_width: int          # D_child, times the children per unit for concat
   dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    if self.kind == "attention":
+      self.attention = AttentivePool(self.dtype)
+    self.proj = Linear("...d,de->...e", (self.in_width, self.width), ("mlp", "embed"),
+                       dtype=self.dtype)
+
+  def score(self, x):
+    return self.attention(x)
+
+  def project(self, pooled):
+    return self.proj(pooled)
+
   def __call__(self, x, *, num_units: int, children_per_unit: int | None = None,
                parents=None):
     b, length, width_in = x.shape
     if children_per_unit:                                    # static layout
       xs = x.reshape(b, num_units, children_per_unit, width_in)
       if self.kind == "concat":
-        xs = xs.reshape(b, num_units, children_per_unit * width_in)
-        pooled = xs
+        pooled = xs.reshape(b, num_units, children_per_unit * width_in)
       elif self.kind == "mean":
         pooled = xs.mean(axis=2)
       elif self.kind == "last":
         pooled = xs[:, :, -1]
       else:
-        alpha = jax.nn.softmax(AttentivePool(self.dtype, name="attention")(xs), axis=-1)
+        alpha = jax.nn.softmax(self.score(xs), axis=-1)
         pooled = jnp.einsum("bnk,bnkd->bnd", alpha.astype(x.dtype), xs)
     else:                                                    # dynamic layout
       pooled = self._dynamic(x, parents, num_units)
-    return Linear("bnd,de->bne", (pooled.shape[-1], self.width), ("mlp", "embed"),
-                  dtype=self.dtype, name="proj")(pooled)
+    return self.project(pooled)
 
   def _dynamic(self, x, parents, num):
     if self.kind == "concat":
@@ -73,7 +87,7 @@ class Pool(nn.Module):
       index = jnp.broadcast_to(jnp.arange(x.shape[1]), parents.shape)
       last = _segment(jax.ops.segment_max, index, parents, num)          # [B, N]
       return jnp.take_along_axis(x, jnp.clip(last, 0)[..., None], axis=1)
-    scores = AttentivePool(self.dtype, name="attention")(x)              # [B, L]
+    scores = self.score(x)                                               # [B, L]
     valid = (parents >= 0) & (parents < num)   # padding units' elements are dropped
     top = _segment(jax.ops.segment_max, scores, parents, num)
     top = jnp.take_along_axis(top, jnp.clip(parents, 0, num - 1), axis=1)

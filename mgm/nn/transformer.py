@@ -35,13 +35,20 @@ class Block(nn.Module):
   unit_window: int | None = None
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None):
+  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None):
+    """Teacher-forced -> x; incremental (`cache`, see SelfAttention) -> (x, cache)."""
     h = RMSNorm(dtype=self.dtype, name="attn_norm")(x)
-    x = x + SelfAttention(self.width, self.heads, self.span, self.rope_base, self.qk_norm,
-                          self.dtype, self.unit_window, name="attn")(h, positions, unit_ids)
+    attn = SelfAttention(self.width, self.heads, self.span, self.rope_base, self.qk_norm,
+                         self.dtype, self.unit_window, name="attn")
+    if cache is None:
+      x = x + attn(h, positions, unit_ids)
+    else:
+      out, cache = attn(h, positions, cache=cache, index=index, key_mask=key_mask)
+      x = x + out
     h = RMSNorm(dtype=self.dtype, name="mlp_norm")(x)
     x = x + MLP(self.width, self.width * self.mlp_ratio, self.dtype, name="mlp")(h)
-    return nn.with_logical_constraint(x, ACTIVATION)
+    x = nn.with_logical_constraint(x, ACTIVATION)
+    return x if cache is None else (x, cache)
 
 
 class Stack(nn.Module):
@@ -58,10 +65,16 @@ class Stack(nn.Module):
   unit_window: int | None = None
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None):
-    block = nn.remat(Block) if self.remat else Block
+  def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None):
+    """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches)."""
+    block = nn.remat(Block) if self.remat and caches is None else Block
+    new_caches = []
     for i in range(self.depth):
-      x = block(self.width, self.heads, self.mlp_ratio, self.span, self.rope_base,
-                self.qk_norm, self.dtype, self.unit_window,
-                name=f"block_{i}")(x, positions, unit_ids)
-    return x
+      layer = block(self.width, self.heads, self.mlp_ratio, self.span, self.rope_base,
+                    self.qk_norm, self.dtype, self.unit_window, name=f"block_{i}")
+      if caches is None:
+        x = layer(x, positions, unit_ids)
+      else:
+        x, cache = layer(x, positions, cache=caches[i], index=index, key_mask=key_mask)
+        new_caches.append(cache)
+    return x if caches is None else (x, new_caches)

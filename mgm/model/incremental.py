@@ -1,0 +1,295 @@
+"""The composed generator at inference: G_n o ... o G_1, one token at a time.
+
+Each level keeps a KV cache per layer (its pre-layers and its generator), the
+pooling state of its open unit, and that unit's context. The token level steps
+every token; a coarse level steps only when one of its units closes. In a
+batch, rows close units at different steps: updates are masked per row, and a
+level's layers run (`lax.cond`) only when some row closes one of its units.
+
+Slots: token caches are indexed by position, a coarse level's by unit index.
+A pre-layer slot written for a row that did not close is that row's open slot,
+rewritten when the unit closes before anything reads it; generator caches are
+kept as they were for such rows (their open unit's keys are read by the next).
+
+`prefill` builds the state from one teacher-forced pass over right-padded
+prompts; `step` absorbs one token per row and returns the next logits.
+Incremental logits equal the teacher-forced ones (tests/test_decode.py).
+"""
+import jax
+import jax.numpy as jnp
+
+from mgm.data.tokenizer import BOS
+from mgm.model import segment as seg_lib
+from mgm.model.lm import LM
+from mgm.nn.attention import parse_span
+
+
+class Parts:
+  """Pure callables for the model's pieces (so they can run inside lax.cond)."""
+
+  def __init__(self, model: LM, params):
+    self.lm = model.bind({"params": params})
+
+  @staticmethod
+  def pure(sub, method=None):
+    module, variables = sub.unbind()
+    return lambda *a, **k: module.apply(variables, *a, method=method, **k)
+
+  def stack(self, kind, i):
+    sub = (self.lm.pre_layers if kind == "pre" else self.lm.generators)[i]
+    return None if sub is None else self.pure(sub)
+
+  def embed(self, tokens):
+    return self.pure(self.lm.embed)(tokens)
+
+  def context(self, i, ctx):      # level i-1 context [B, D] -> level i width
+    return self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]
+
+  def pool(self, i, method):
+    return self.pure(self.lm.pools[i], method)
+
+  def logits(self, x):
+    return self.pure(self.lm, "logits")(x)
+
+
+# -- layouts: which slots a query may attend, and its rotary position ---------
+
+def token_layout(model: LM, p, tok_unit, slots: int):
+  """Key mask [B, S] and rotary position [B] for a token-level query at p [B]."""
+  levels = model.spec.levels
+  keys = jnp.arange(slots)[None]
+  mask = keys <= p[:, None]
+  kind, window = parse_span(levels[-1].span)
+  if model._patched(len(levels) - 1):
+    patch = model._token_patch()
+    return mask & (keys // patch == (p // patch)[:, None]), p % patch
+  if kind == "window":
+    mask &= p[:, None] - keys < window
+  elif kind == "parent":
+    mask &= tok_unit == jnp.take_along_axis(tok_unit, p[:, None], axis=1)
+  return mask, p
+
+
+def unit_layout(level, j, parent_of_slot, slots: int):
+  """Key mask [B, N] and rotary position [B] for a coarse-level query at slot j [B]."""
+  keys = jnp.arange(slots)[None]
+  mask = keys <= j[:, None]
+  kind, window = parse_span(level.span)
+  if kind == "window":
+    mask &= j[:, None] - keys < window
+  elif kind == "parent":
+    mask &= parent_of_slot == jnp.take_along_axis(parent_of_slot, j[:, None], axis=1)
+  return mask, j
+
+
+def run_stack(fn, x, caches, index, mask, pos):
+  """One step of a stack: x [B, D] at slot `index` [B] -> (y [B, D], caches)."""
+  if fn is None:
+    return x, caches
+  y, caches = fn(x[:, None], pos[:, None], caches=caches, index=index, key_mask=mask)
+  return y[:, 0], caches
+
+
+# -- pooling state of an open unit --------------------------------------------
+
+def acc_empty(kind, batch, width, patch, dtype):
+  z = lambda *s: jnp.zeros(s, dtype)
+  acc = {"count": jnp.zeros((batch,), jnp.int32)}
+  if kind == "concat":
+    return {**acc, "buf": z(batch, patch, width)}
+  if kind == "attention":
+    return {**acc, "m": z(batch), "z": z(batch), "sum": z(batch, width)}
+  return {**acc, "sum" if kind == "mean" else "last": z(batch, width)}
+
+
+def acc_add(kind, acc, e, score, has):
+  """Add child e [B, D] (with attention score [B]) where `has` [B]."""
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(
+      has.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+  new = {"count": acc["count"] + 1}
+  if kind == "mean":
+    new["sum"] = acc["sum"] + e
+  elif kind == "last":
+    new["last"] = e
+  elif kind == "concat":
+    slot = jnp.minimum(acc["count"], acc["buf"].shape[1] - 1)
+    new["buf"] = acc["buf"].at[jnp.arange(e.shape[0]), slot].set(e)
+  else:   # online softmax: rescale by the running maximum
+    first = acc["count"] == 0
+    m = jnp.where(first, score, jnp.maximum(acc["m"], score))
+    scale = jnp.where(first, 0.0, jnp.exp(acc["m"] - m))
+    w = jnp.exp(score - m)
+    new.update(m=m, z=acc["z"] * scale + w, sum=acc["sum"] * scale[:, None] + w[:, None] * e)
+  return keep(new, acc)
+
+
+def acc_final(kind, acc):
+  if kind == "mean":
+    return acc["sum"] / jnp.maximum(acc["count"], 1)[:, None].astype(acc["sum"].dtype)
+  if kind == "last":
+    return acc["last"]
+  if kind == "concat":
+    return acc["buf"].reshape(acc["buf"].shape[0], -1)
+  return acc["sum"] / jnp.maximum(acc["z"], 1e-30)[:, None]
+
+
+def acc_from_prefix(kind, x, member, scores, start, patch):
+  """The open unit's pooling state from its children x [B, L, D] with `member` [B, L]."""
+  count = jnp.sum(member, axis=1).astype(jnp.int32)
+  m = member[..., None].astype(x.dtype)
+  if kind == "mean":
+    return {"count": count, "sum": jnp.sum(x * m, axis=1)}
+  if kind == "last":
+    last = jnp.max(jnp.where(member, jnp.arange(x.shape[1]), -1), axis=1)
+    picked = jnp.take_along_axis(x, jnp.clip(last, 0)[:, None, None], axis=1)[:, 0]
+    return {"count": count, "last": jnp.where((last >= 0)[:, None], picked, 0.0)}
+  if kind == "concat":
+    index = jnp.clip(start[:, None] + jnp.arange(patch), 0, x.shape[1] - 1)
+    buf = jnp.take_along_axis(x * m, index[..., None], axis=1)
+    return {"count": count, "buf": buf}
+  top = jnp.max(jnp.where(member, scores, -jnp.inf), axis=1)
+  top = jnp.where(count > 0, top, 0.0)
+  w = jnp.where(member, jnp.exp(jnp.where(member, scores - top[:, None], 0.0)), 0.0)
+  return {"count": count, "m": top, "z": jnp.sum(w, axis=1),
+          "sum": jnp.sum(w[..., None] * x, axis=1)}
+
+
+# -- prefill -------------------------------------------------------------------
+
+def _caches_from(kv_tree, name, depth, batch):
+  """Sown (k, v) of stack `name` -> per-block caches [B, S, N, H] (patches unfolded)."""
+  if not depth:
+    return []
+  caches = []
+  for j in range(depth):
+    (k, v), = kv_tree[name][f"block_{j}"]["attn"]["kv"]
+    unfold = lambda a: a.reshape(batch, -1, *a.shape[2:])
+    caches.append({"k": unfold(k), "v": unfold(v)})
+  return caches
+
+
+def prefill(model: LM, params, tokens, lengths):
+  """One teacher-forced pass over right-padded prompts tokens [B, S] of lengths [B].
+
+  Returns (logits [B, S, V], state): logits[b, lengths[b]] is the next-token
+  prediction, and `state` continues from there.
+  """
+  spec, levels = model.spec, model.spec.levels
+  n, (b, s) = len(levels), tokens.shape
+  out, variables = model.apply({"params": params}, tokens, method=LM.forward,
+                               mutable=["intermediates"])
+  kv, parts, seg = variables["intermediates"], Parts(model, params), out["seg"]
+  rows, valid = jnp.arange(b), jnp.arange(s)[None] < lengths[:, None]
+  last = jnp.clip(lengths - 1, 0)
+  state = {
+      "t": lengths.astype(jnp.int32),
+      "prev": jnp.where(lengths > 0, tokens[rows, last], BOS),
+      "tok_pre": _caches_from(kv, f"pre_{n - 1}", levels[-1].pre_layers, b),
+      "tok_gen": _caches_from(kv, f"level_{n - 1}", levels[-1].depth, b),
+      "tok_unit": seg.unit_of_token[-1] if n > 1 else jnp.zeros((b, s), jnp.int32),
+      "levels": [],
+  }
+  closed = [jnp.sum(bounds & valid, axis=1).astype(jnp.int32) for bounds in seg.bounds]
+  for i, level in enumerate(levels[:-1]):
+    last_bound = jnp.max(jnp.where(seg.bounds[i] & valid, jnp.arange(s), -1), axis=1)
+    children = out["down"][i + 1]
+    complete = lengths if i + 1 == n - 1 else closed[i + 1]
+    member = ((jnp.arange(children.shape[1])[None] < complete[:, None])
+              & (seg.parents(i) == closed[i][:, None]))
+    scores = parts.pool(i, "score")(children) if level.pool == "attention" else None
+    patch = model._patch(i)
+    state["levels"].append({
+        "pre": _caches_from(kv, f"pre_{i}", level.pre_layers, b),
+        "gen": _caches_from(kv, f"level_{i}", level.depth, b),
+        "closed": closed[i],
+        "len": (lengths - 1 - last_bound).astype(jnp.int32),
+        "acc": acc_from_prefix(level.pool, children, member, scores,
+                               closed[i] * (patch or 0), patch),
+        "ctx": jnp.take_along_axis(out["contexts"][i], jnp.clip(
+            closed[i], 0, seg.max_units[i] - 1)[:, None, None], axis=1)[:, 0],
+        "parent_of_slot": (seg.parents(i - 1) if i else
+                           jnp.zeros((b, seg.max_units[0]), jnp.int32)),
+    })
+  return out["logits"], state
+
+
+# -- one step ------------------------------------------------------------------
+
+def _pool_and_close(parts, model, i, lv, elem, has, close):
+  """Level i absorbs a child; where its unit closes, pool it and run its pre-layers."""
+  level = model.spec.levels[i]
+  score = parts.pool(i, "score")(elem) if level.pool == "attention" else None
+  acc = acc_add(level.pool, lv["acc"], elem, score, has)
+  width = level.width
+
+  def close_units(acc, caches):
+    down = parts.pool(i, "project")(acc_final(level.pool, acc))
+    mask, pos = unit_layout(level, lv["closed"], lv["parent_of_slot"], lv["parent_of_slot"].shape[1])
+    return run_stack(parts.stack("pre", i), down, caches, lv["closed"], mask, pos)
+
+  skip = lambda acc, caches: (jnp.zeros((elem.shape[0], width), elem.dtype), caches)
+  down, pre = jax.lax.cond(jnp.any(close), close_units, skip, acc, lv["pre"])
+  empty = acc_empty(level.pool, elem.shape[0], elem.shape[-1],
+                    acc["buf"].shape[1] if "buf" in acc else 0, elem.dtype)
+  acc = jax.tree.map(lambda e, a: jnp.where(
+      close.reshape((-1,) + (1,) * (a.ndim - 1)), e, a), empty, acc)
+  return down, {**lv, "acc": acc, "pre": pre}
+
+
+def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close):
+  """Where level i closed a unit, run G_i on the new one: input = the closed unit's
+  summary (+ its parent's context); its output is the new unit's context."""
+  level = model.spec.levels[i]
+  closed = lv["closed"] + close.astype(jnp.int32)
+  parent_of_slot = lv["parent_of_slot"]
+  if parent_closed is not None:
+    rows = jnp.arange(closed.shape[0])
+    slot = jnp.minimum(closed, parent_of_slot.shape[1] - 1)
+    parent_of_slot = parent_of_slot.at[rows, slot].set(
+        jnp.where(close, parent_closed, parent_of_slot[rows, slot]))
+
+  def step_level(caches):
+    x = down if parent_ctx is None else down + parts.context(i, parent_ctx)
+    mask, pos = unit_layout(level, closed, parent_of_slot, parent_of_slot.shape[1])
+    return run_stack(parts.stack("gen", i), x, caches, closed, mask, pos)
+
+  ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
+  # Rows that did not close must keep their open unit's keys, which later units read.
+  rows_closed = lambda new, old: jnp.where(close.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  gen = jax.tree.map(rows_closed, gen, lv["gen"])
+  ctx = rows_closed(ctx, lv["ctx"])
+  return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "parent_of_slot": parent_of_slot}
+
+
+def step(model: LM, params, state, token):
+  """Absorb `token` [B] at position state['t']; return (logits [B, V] for the next
+  position, new state)."""
+  levels, parts = model.spec.levels, Parts(model, params)
+  n, t = len(levels), state["t"]
+  slots = state["tok_unit"].shape[1]
+  mask, pos = token_layout(model, t, state["tok_unit"], slots)
+  h, tok_pre = run_stack(parts.stack("pre", n - 1), parts.embed(token),
+                         state["tok_pre"], t, mask, pos)
+  bounds, lens = seg_lib.step_bounds(levels[:-1], state["prev"], token, t,
+                                     [lv["len"] for lv in state["levels"]])
+  lvs = [dict(lv, len=length) for lv, length in zip(state["levels"], lens)]
+  elem, has, downs = h, jnp.ones(t.shape, bool), [None] * (n - 1)
+  for i in reversed(range(n - 1)):                      # down path: fine -> coarse
+    downs[i], lvs[i] = _pool_and_close(parts, model, i, lvs[i], elem, has, bounds[i])
+    elem, has = downs[i], bounds[i]
+  parent_ctx, parent_closed = None, None
+  for i in range(n - 1):                                # up path: coarse -> fine
+    lvs[i] = _open_unit(parts, model, i, lvs[i], downs[i], parent_ctx, parent_closed,
+                        bounds[i])
+    parent_ctx, parent_closed = lvs[i]["ctx"], lvs[i]["closed"]
+  nxt = jnp.minimum(t + 1, slots - 1)
+  tok_unit = state["tok_unit"]
+  if n > 1:
+    tok_unit = tok_unit.at[jnp.arange(t.shape[0]), nxt].set(parent_closed)
+  x = h if parent_ctx is None else h + parts.context(n - 1, parent_ctx)
+  mask, pos = token_layout(model, nxt, tok_unit, slots)
+  out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
+  logits = parts.logits(out[:, None])[:, 0]
+  new_state = {"t": t + 1, "prev": token, "tok_pre": tok_pre,
+               "tok_gen": tok_gen, "tok_unit": tok_unit, "levels": lvs}
+  return logits, new_state
