@@ -1,0 +1,102 @@
+"""Analytic training FLOPs per token for every level, and MFU.
+
+Counted as MaxText does: matrix multiplies only (2 FLOPs per multiply-add),
+x3 for forward and backward, causal attention at half its square. Every level
+contributes per *position of that level* and is divided by the tokens it
+covers, so coarse levels cost less per byte the longer their units are.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mgm.model import segment
+from mgm.nn.attention import parse_span
+
+# Dense bf16 peak FLOP/s from datasheets (no sparsity).
+ACCELERATOR_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+                     "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+                     "TPU v6 lite": 918e12}
+
+
+def _attended(span: str, length: int, executed: bool) -> float:
+  """Keys per query: the useful half of the causal square (MaxText's count), or
+  with `executed` what the kernels compute (full squares; local attention
+  blocks of 2W keys)."""
+  kind, window = parse_span(span)
+  if kind == "window" and window < length:
+    return 2 * window if executed else window / 2
+  return length if executed else length / 2
+
+
+def _token_keys(spec, seq_len: int, executed: bool) -> float:
+  """Keys per token-level query: a token attending within its parent unit runs
+  on P x P patches (fixed) or local attention over the unit's max_len."""
+  coarse, level = spec.levels[:-1], spec.levels[-1]
+  if level.span != "parent" or not coarse:
+    return _attended(level.span, seq_len, executed)
+  patch = segment.fixed_patch(coarse, len(coarse) - 1)
+  if patch:
+    return patch if executed else patch / 2
+  span = f"window:{coarse[-1].max_len}" if coarse[-1].max_len else "full"
+  return _attended(span, seq_len, executed)
+
+
+def _stack(depth, width, mlp_ratio, positions, keys):
+  """Forward FLOPs of `depth` blocks over `positions` queries."""
+  dense = 2 * (4 + 2 * mlp_ratio) * width * width
+  attention = 2 * 2 * width * keys
+  return depth * positions * (dense + attention)
+
+
+def forward_flops_per_sequence(spec, seq_len: int, executed: bool = False) -> float:
+  levels, n = spec.levels, len(spec.levels)
+  coarse = levels[:-1]
+  positions = [segment.max_units(coarse, i, seq_len) for i in range(n - 1)] + [seq_len]
+  total = 0.0
+  for i, level in enumerate(levels):
+    keys = (_token_keys(spec, seq_len, executed) if i == n - 1
+            else _attended("full" if level.span == "parent" else level.span, positions[i],
+                           executed))
+    total += _stack(level.depth + level.pre_layers, level.width, spec.mlp_ratio, positions[i], keys)
+    if i:
+      total += 2 * levels[i - 1].width * level.width * positions[i]          # parent context
+    if i < n - 1:
+      child_width, children = levels[i + 1].width, positions[i + 1]
+      pool_in = child_width * (children // positions[i]) if level.pool == "concat" else child_width
+      total += 2 * pool_in * level.width * positions[i]                     # pooled projection
+      if level.pool == "attention":
+        total += 2 * child_width * child_width * children
+      if level.aux_loss:
+        total += 2 * level.width * spec.vocab_size * positions[i]
+  total += 2 * levels[-1].width * spec.vocab_size * seq_len                 # unembedding
+  return total
+
+
+def train_flops_per_token(spec, seq_len: int, executed: bool = False) -> float:
+  return 3 * forward_flops_per_sequence(spec, seq_len, executed) / seq_len
+
+
+def peak_flops_per_device() -> float:
+  """Datasheet peak of the accelerator, or a measured fp32 matmul rate on CPU."""
+  kind = jax.devices()[0].device_kind
+  for name, peak in ACCELERATOR_PEAKS.items():
+    if name.lower() in kind.lower():
+      return peak
+  return measured_matmul_flops()
+
+
+def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+  """The CPU's dense fp32 matmul rate, measured once (the 'peak' MFU is held to)."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  out.block_until_ready()
+  return repeats * 2 * size ** 3 / (time.perf_counter() - start)
+
+
+def mfu(tokens_per_sec: float, flops_per_token: float, peak: float, devices: int) -> float:
+  return tokens_per_sec * flops_per_token / (peak * devices)
