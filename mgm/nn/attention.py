@@ -77,8 +77,31 @@ def attend(q, k, v, span: str, unit_ids=None, unit_window: int | None = None):
     if kind == "parent" and unit_ids is not None:   # short sequence: one block
       mask = (unit_ids[:, :, None] == unit_ids[:, None, :])[:, None]
       return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    if q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
+      return chunked_causal_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
   return local_attention(q, k, v, window, unit_ids)
+
+
+QUERY_CHUNK = 2048
+
+
+def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK):
+  """Full causal attention, queries in chunks, each recomputed in the backward
+  pass: memory O(chunk x T) instead of O(T x T) (long flat sequences)."""
+  b, t, n, h = q.shape
+  starts = jnp.arange(0, t, chunk)
+
+  @jax.checkpoint
+  def one_chunk(args):
+    start, q_chunk = args
+    q_pos = start + jnp.arange(chunk)
+    mask = (q_pos[:, None] >= jnp.arange(t)[None])[None, None]      # [1, 1, c, T]
+    return jax.nn.dot_product_attention(q_chunk, k, v, mask=mask)
+
+  q_chunks = q.reshape(b, t // chunk, chunk, n, h).swapaxes(0, 1)     # [T/c, B, c, N, H]
+  out = jax.lax.map(one_chunk, (starts, q_chunks))
+  return out.swapaxes(0, 1).reshape(b, t, n, h)
 
 
 class SelfAttention(nn.Module):
