@@ -40,8 +40,8 @@ def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_QuietLibraries())
   # Imported here so `--help` and flag errors do not pay for importing jax.
-  from mgm import loop
-  from mgm.errors import ConfigError, WorkdirError
+  from mgm import loop, sharding
+  from mgm.errors import ConfigError, TrainingError, WorkdirError
   from mgm.workdir import check_and_save_config
   from mgm.validate import validate
 
@@ -50,14 +50,18 @@ def main(argv):
     print("launch.py: --config and --workdir are required", file=sys.stderr)
     return 2
   try:
+    sharding.initialize_distributed(config.distributed)   # before jax touches a device
     validate(config)
-    check_and_save_config(workdir, config, write=(mode == "train"))
+    check_and_save_config(workdir, config, write=(mode == "train" and loop.is_main()))
     logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
     result = {"train": loop.train, "eval": loop.evaluate, "sample": loop.sample}[mode](
         config, os.path.abspath(workdir))
   except (ConfigError, WorkdirError) as e:   # DataError is a ConfigError
     print(f"launch.py: {e}", file=sys.stderr)
     return 2
+  except TrainingError as e:
+    print(f"launch.py: training stopped: {e}", file=sys.stderr)
+    return 1
   if mode == "sample":
     print("\n\n".join(result))
   else:

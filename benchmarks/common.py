@@ -47,3 +47,14 @@ def peak_rss_gib() -> float:
 
 def emit(record: dict):
   print(json.dumps(record), flush=True)
+
+
+def fake_cpu_devices(count: int):
+  """Compile and run on `count` fake CPU devices (the layout and collectives are
+  the real ones). Must run before jax first touches a device."""
+  import os
+  flag = f"--xla_force_host_platform_device_count={count}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+  jax.config.update("jax_platforms", "cpu")

@@ -33,6 +33,13 @@ MODELS = ("flat", "megabyte", "hourglass", "spacebyte", "mgm3")
 SHAPES = {"tiny": (64, 2, 2, 64), "demo": (128, 2, 4, 256),
           "small": (512, 8, 8, 1024), "base": (768, 12, 14, 8192)}
 
+# Logical axis (mgm/nn, mgm/model) -> mesh axes, highest priority first: a mesh
+# axis shards at most one dimension of an array, so activations [batch, length,
+# embed] split the batch over data*fsdp and keep embed whole, while parameters
+# [embed, mlp] shard embed over fsdp and mlp over tensor.
+MESH_RULES = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"),
+              ("mlp", "tensor"), ("heads", "tensor"), ("kv", None), ("vocab", "tensor"))
+
 
 def level(width, depth, heads, span="full", **coarse):
   """One level; coarse levels also take units, max_len, max_units, pool, pre_layers,
@@ -116,10 +123,14 @@ def base_config():
   c.train.log_every = 10
   c.train.eval_every = 50
   c.train.eval_batches = 8
+  c.train.max_nonfinite_in_a_row = 5    # non-finite loss/grad steps are skipped; more stop the run
 
-  c.checkpoint = mlc.ConfigDict()
+  c.checkpoint = mlc.ConfigDict()       # also saved at the end and on SIGTERM/SIGINT
   c.checkpoint.every_steps = 100
-  c.checkpoint.keep = 3
+  c.checkpoint.every_minutes = 0.0      # also save this often (0 = off)
+  c.checkpoint.keep = 3                 # the newest N steps
+  c.checkpoint.keep_best = False        # and the one of lowest eval_bpb
+  c.checkpoint.init_from = ""           # a workdir/checkpoint: its parameters, fresh optimizer
 
   c.sample = mlc.ConfigDict()           # --mode=sample, and samples after training
   c.sample.strategy = "sample"          # greedy | sample | beam
@@ -138,6 +149,18 @@ def base_config():
   c.sample.forced_prefix = ""
   c.sample.stop_at_eos = True
   c.sample.seed = 0
+
+  c.mesh = mlc.ConfigDict()             # devices as (data, fsdp, tensor); -1: the rest
+  c.mesh.data = -1                      # data parallel (batch split)
+  c.mesh.fsdp = 1                       # batch split and parameters sharded (ZeRO-3)
+  c.mesh.tensor = 1                     # model parallel (mlp, heads, vocab)
+  c.mesh.rules = MESH_RULES
+
+  c.distributed = mlc.ConfigDict()      # multi-host: jax.distributed.initialize()
+  c.distributed.auto = False            # TPU pod slice / SLURM: jax finds the coordinator
+  c.distributed.coordinator_address = ""  # or explicit: host:port of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
   return c
 
 

@@ -1,32 +1,303 @@
-"""Orbax checkpoints: the train state and the data iterator's position together."""
+"""Orbax checkpoints: train state, data-iterator position and a checksum, saved together.
+
+A step directory holds three items: `state` (the TrainState), `data` (Grain's
+iterator state, one file per process) and `checksum` (sha256 of every array and
+of the iterator state). Orbax notices deleted or truncated files but not
+flipped bytes (STACK-NOTES), hence the checksum of our own, verified after
+every restore.
+
+Restoring walks back from the newest step to the first one that restores and
+matches its checksum, warning about each unusable step on the way. In a run
+that trains on, those newer steps (and partial `N.orbax-checkpoint-tmp*`
+directories left by a crash) are moved to `checkpoints_unusable/` next to
+`checkpoints/` (never deleted), since saving that step again would collide.
+"""
+import datetime
+import hashlib
+import json
 import os
+import shutil
+import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+from mgm.errors import ConfigError, TrainingError, WorkdirError
+
+ITEMS = ("state", "data", "checksum")
+BEST_METRIC = "eval_bpb"   # lower is better
+UNUSABLE = "checkpoints_unusable"
+_PARTIAL = ".orbax-checkpoint-tmp"
 
 
-def manager(workdir: str, keep: int, enable_async: bool = True) -> ocp.CheckpointManager:
+class EveryMinutes(policies.SaveDecisionPolicy):
+  """Save when `minutes` have passed since the newest checkpoint (or since start).
+
+  On several hosts process 0's clock decides and is broadcast, so every host
+  takes the same decision.
+  """
+
+  def __init__(self, minutes: float):
+    self.interval = datetime.timedelta(minutes=minutes)
+    self.start = datetime.datetime.now(tz=datetime.timezone.utc)
+
+  def should_save(self, step, previous_steps, *, context) -> bool:
+    del context
+    last = max([self.start] + [p.time for p in previous_steps[-1:]])
+    due = step.time - last >= self.interval
+    if jax.process_count() > 1:
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
+
+
+def manager(workdir: str, ckpt_cfg, enable_async: bool = True) -> ocp.CheckpointManager:
+  """Saves every `every_steps` steps and every `every_minutes` minutes (0 = off);
+  keeps the newest `keep` steps and, with `keep_best`, the one of lowest eval_bpb."""
+  best_metric = lambda metrics: metrics[BEST_METRIC]
+  keep = [policies.LatestN(ckpt_cfg.keep)]
+  if ckpt_cfg.keep_best:
+    keep.append(policies.BestN(get_metric_fn=best_metric, reverse=True, n=1,
+                               keep_checkpoints_without_metrics=False))
+  when = [policies.FixedIntervalPolicy(ckpt_cfg.every_steps)]
+  if ckpt_cfg.every_minutes:
+    when.append(EveryMinutes(ckpt_cfg.every_minutes))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=enable_async)
+      create=True, enable_async_checkpointing=enable_async,
+      # best_fn only makes Orbax write the metrics with each step (BestN reads them)
+      best_fn=best_metric if ckpt_cfg.keep_best else None, best_mode="min",
+      preservation_policy=policies.AnyPreservationPolicy(keep),
+      save_decision_policy=policies.AnySavePolicy(when))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data"))
+                               options=options, item_names=ITEMS)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None):
-  items = {"state": ocp.args.StandardSave(state)}
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, metrics=None,
+         force: bool = False) -> bool:
+  """Save `step` if the manager's policy says so (or `force`); True if it did.
+
+  `metrics` (with eval_bpb) rank the step for `checkpoint.keep_best`. Raises
+  TrainingError rather than write a non-finite value.
+  """
+  if not force and not mngr.should_save(step):
+    return False
+  items = {"state": ocp.args.StandardSave(state),
+           "checksum": ocp.args.JsonSave(checksums(state, data_iter, saving_step=step))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-  mngr.save(step, args=ocp.args.Composite(**items), force=True)
-
-
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
-  """Restore `state` (shaped like `abstract_state`) and, if given, the iterator in place."""
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  return mngr.restore(step, args=ocp.args.Composite(**items)).state
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+  return True
 
 
 def abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _name(path) -> str:
+  """'params/levels_0/kernel': the same for a dataclass's and a dict's keys."""
+  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def _sha(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def _array_sums(leaf, name: str, saving_step=None) -> dict:
+  """{shard: sha256} of the bytes this process holds; the whole array (shard
+  'all') when it is fully addressable, else its replica-0 shards by index.
+  When saving, a non-finite value raises TrainingError."""
+  if getattr(leaf, "is_fully_addressable", True):
+    parts = {"all": np.asarray(leaf)}
+  else:
+    parts = {str(s.index): np.asarray(s.data) for s in leaf.addressable_shards
+             if s.replica_id == 0}
+  finite = lambda a: not np.issubdtype(a.dtype, np.inexact) or np.isfinite(a).all()
+  if saving_step is not None and not all(finite(part) for part in parts.values()):
+    raise TrainingError(f"refusing to checkpoint step {saving_step}: `{name}` holds "
+                        "non-finite values (the train step should have skipped that update)")
+  return {key: _sha(np.ascontiguousarray(part).tobytes()) for key, part in parts.items()}
+
+
+def checksums(state, data_iter=None, saving_step=None) -> dict:
+  """sha256 of each array of `state` (by path) and of this process's iterator
+  state; with `saving_step`, also the check that every value is finite.
+
+  Only process 0's sums are saved (a JSON item is written by one process), so
+  on several hosts they cover the shards process 0 holds.
+  """
+  sums = {_name(path): _array_sums(leaf, _name(path), saving_step)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+  if data_iter is not None:
+    position = json.dumps(data_iter.get_state(), sort_keys=True, default=str)
+    sums["data_iterator"] = {f"process_{jax.process_index()}": _sha(position.encode())}
+  return sums
+
+
+def _verify(saved: dict, state, data_iter=None):
+  """Raise ValueError naming the arrays whose bytes differ from the saved sums.
+  Shards the saved sums do not cover (another process's, another mesh's
+  layout) cannot be compared and are skipped."""
+  now = checksums(state, data_iter)
+  listed = lambda names: ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+  bad = sorted(name for name, sums in now.items() if name in saved and any(
+      saved[name].get(shard, digest) != digest for shard, digest in sums.items()))
+  if bad:
+    raise ValueError(f"checksum mismatch in {listed(bad)} (bytes changed on disk)")
+  missing = sorted(set(now) - set(saved))
+  if missing:
+    raise ValueError(f"no saved checksum for {listed(missing)}")
+
+
+def _restore_step(mngr, step: int, abstract_state, data_iter=None):
+  """The verified state of one step (the iterator, if given, is set in place)."""
+  items = {"state": ocp.args.StandardRestore(abstract_state),
+           "checksum": ocp.args.JsonRestore()}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  _verify(restored.checksum or {}, restored.state, data_iter)
+  return restored.state
+
+
+def _on_every_process(ok: bool) -> bool:
+  """`ok` on every process, so that all hosts fall back to the same step."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).min())
+
+
+def _problem(error: Exception) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def newest_usable(mngr, load, steps=None, move_aside: bool = False):
+  """(load(step), step) for the newest step that loads, or (None, None) if there
+  is no step. Each newer step that fails is named in a warning with what is
+  wrong and, with `move_aside`, moved to checkpoints_unusable/. A ConfigError
+  from `load` is the user's to fix and propagates; if every step fails,
+  WorkdirError lists them all and nothing is moved.
+  """
+  failed = []
+  for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
+    try:
+      value, problem = load(step), None
+    except ConfigError:
+      raise
+    except Exception as e:   # Orbax and TensorStore raise many types for damaged files
+      value, problem = None, _problem(e)
+    if not _on_every_process(problem is None):
+      failed.append(step)
+      logging.warning("checkpoint step %d in %s is unusable (%s); falling back to the "
+                      "previous step", step, mngr.directory, problem or "on another process")
+      continue
+    if move_aside and failed:
+      _move_aside(mngr, [str(s) for s in failed])
+    return value, step
+  if failed:
+    raise WorkdirError(f"no usable checkpoint in {mngr.directory}: steps {failed} all fail "
+                       "to restore (warnings above say why); nothing was changed")
+  return None, None
+
+
+def restore_newest(mngr, abstract_state, data_iter=None, move_aside: bool = False):
+  """(state, step) of the newest usable step, or (None, None); see `newest_usable`."""
+  load = lambda step: _restore_step(mngr, step, abstract_state, data_iter)
+  return newest_usable(mngr, load, move_aside=move_aside)
+
+
+def set_aside_partial(mngr):
+  """Warn about and move aside step directories a crash left half-written."""
+  directory = str(mngr.directory)
+  partial = sorted(n for n in os.listdir(directory) if _PARTIAL in n) if os.path.isdir(
+      directory) else []
+  for name in partial:
+    logging.warning("checkpoint step %s in %s was left partial (the run stopped while "
+                    "saving it); ignoring it", name.split(".")[0], directory)
+  if partial:
+    _move_aside(mngr, partial)
+
+
+def _move_aside(mngr, names):
+  """Move step directories to checkpoints_unusable/ (process 0; all hosts wait)."""
+  directory = str(mngr.directory)
+  target = os.path.join(os.path.dirname(directory), UNUSABLE)
+  if jax.process_index() == 0:
+    os.makedirs(target, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in names:
+      dest = os.path.join(target, f"{name}-{stamp}")
+      shutil.move(os.path.join(directory, name), dest)
+      logging.warning("moved %s/%s to %s", directory, name, dest)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("mgm_checkpoint_move_aside")
+  mngr.reload()
+
+
+def read_only_manager(directory: str, partial: bool = False) -> ocp.CheckpointManager:
+  """A manager that only reads: --mode=eval/sample, and with `partial` (restoring
+  only some of the state) checkpoint.init_from."""
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  state = ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()
+  handlers = {"state": state, "checksum": ocp.JsonCheckpointHandler(),
+              "data": grain.checkpoint.CheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _locate(path: str):
+  """(checkpoints directory, steps or None) for a workdir, its checkpoints/
+  directory, or one step directory in it."""
+  path = os.path.abspath(os.path.expanduser(path)).rstrip("/")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if os.path.basename(path).isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), [int(os.path.basename(path))]
+  if os.path.isdir(path):
+    return path, None
+  raise ConfigError("checkpoint.init_from", f"{path!r} is not a directory; give a workdir, "
+                    "its checkpoints/ directory or one step directory in it")
+
+
+def _check_shapes(saved_tree, abstract_params, source: str):
+  """ConfigError listing every parameter whose shape differs, or that only one side has."""
+  saved = {_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  want = {_name(p): tuple(a.shape)
+          for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  parts = [f"`{n}` is {saved[n]} there but {want[n]} here"
+           for n in sorted(saved.keys() & want.keys()) if saved[n] != want[n]]
+  if want.keys() - saved.keys():
+    parts.append(f"missing there: {', '.join(sorted(want.keys() - saved.keys()))}")
+  if saved.keys() - want.keys():
+    parts.append(f"only there: {', '.join(sorted(saved.keys() - want.keys()))}")
+  if parts:
+    raise ConfigError("checkpoint.init_from", f"the parameters in {source} do not fit this "
+                      f"model: {'; '.join(parts)}. Use the model config of the run that "
+                      "wrote them (its config.json), or another checkpoint.")
+
+
+def restore_params(path: str, abstract_params):
+  """(params, 'directory/step') from the newest usable step under `path`."""
+  directory, steps = _locate(path)
+  mngr = read_only_manager(directory, partial=True)
+
+  def load(step):
+    _check_shapes(mngr.item_metadata(step).state.tree["params"], abstract_params,
+                  f"{directory}/{step}")
+    target = {"params": abstract_params}
+    state = ocp.args.PyTreeRestore(target, partial_restore=True,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    restored = mngr.restore(step, args=ocp.args.Composite(state=state,
+                                                          checksum=ocp.args.JsonRestore()))
+    saved = {k: v for k, v in (restored.checksum or {}).items() if k.startswith("params/")}
+    _verify(saved, restored.state)
+    return restored.state["params"]
+
+  params, step = newest_usable(mngr, load, steps)
+  if step is None:
+    raise ConfigError("checkpoint.init_from", f"no checkpoint in {directory}")
+  return params, f"{directory}/{step}"

@@ -15,3 +15,7 @@ class DataError(ConfigError):
 
 class WorkdirError(ValueError):
   """A workdir that belongs to another run, or holds no checkpoint to restore."""
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (non-finite values in a row, a non-finite state at a save)."""

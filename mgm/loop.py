@@ -9,53 +9,82 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from mgm import checkpoint
+from mgm import checkpoint, sharding
 from mgm.data import pipeline
 from mgm import decode
 from mgm.data.tokenizer import decode as detokenize
-from mgm.errors import ConfigError, WorkdirError
-from mgm.metrics import MetricsWriter, bits_per_byte, perplexity, write_json
+from mgm.errors import ConfigError, TrainingError, WorkdirError
+from mgm.metrics import MetricsWriter, bits_per_byte, perplexity, set_aside, write_json
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
+from mgm.preemption import Preemption
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step, param_count
 
 
 @dataclasses.dataclass
 class Run:
-  """What every mode builds from a config: model, optimizer, initial state."""
+  """What every mode builds from a config: model, optimizer, initial state
+  (created sharded on the mesh), and the train/eval steps jitted for that layout."""
   config: object
   workdir: str
   model: LM
   tx: object
   schedule: object
   state: object
+  layout: sharding.Layout
+  train_step: object   # (state, global batch) -> (state, metrics); donates state
+  eval_step: object    # (params, global batch) -> (sum of nats, token count)
 
   @classmethod
-  def create(cls, config, workdir):
+  def create(cls, config, workdir, mesh=None):
+    """`mesh` defaults to the one `config.mesh` makes of all devices."""
     model = LM(spec_lib.from_config(config.model))
     tx, schedule = make_optimizer(config.train)
+    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+    layout = sharding.make_layout(config, model, tx, mesh)
     shape = (config.train.batch_size, config.data.seq_len)
-    state = jax.jit(lambda rng: init_state(model, tx, rng, shape))(jax.random.key(config.seed))
-    return cls(config, workdir, model, tx, schedule, state)
+    init = layout.jit(lambda rng: init_state(model, tx, rng, shape), out_shardings=layout.state)
+    return cls(config, workdir, model, tx, schedule, init(jax.random.key(config.seed)), layout,
+               layout.train_step(make_train_step(model, tx)),
+               layout.eval_step(make_eval_step(model)))
+
+  def batches(self, split: str, seed: int):
+    """This process's share of the global batches of `split` (the training stream)."""
+    index, count = self.layout.data_shard()
+    return pipeline.make_dataset(self.config.data, split, batch_size=self.config.train.batch_size,
+                                 seed=seed, process_index=index, process_count=count)
+
+  def eval_set(self) -> list[dict]:
+    """This process's share of the fixed evaluation batches."""
+    index, count = self.layout.data_shard()
+    return pipeline.eval_batches(self.config.data, batch_size=self.config.train.batch_size,
+                                 num_batches=self.config.train.eval_batches,
+                                 process_index=index, process_count=count)
 
   def evaluate(self, params, batches) -> dict:
-    eval_step = jax.jit(make_eval_step(self.model))
     total, count = 0.0, 0.0
     for batch in batches:
-      s, c = eval_step(params, batch)
+      s, c = self.eval_step(params, self.layout.global_batch(batch))
       total, count = total + float(s), count + float(c)
     nats = total / max(count, 1.0)
     return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
 
-  def samples(self, params) -> list[str]:
-    """Prompt + generated text for each prompt x sample.num_samples (the cached generator)."""
+  def samples(self, params, step: int) -> list[str]:
+    """Prompt + generated text for each prompt x sample.num_samples (the cached
+    generator); random numbers keyed by sample.seed and the step, so a resumed
+    run draws the same ones."""
     cfg = self.config.sample
     spec = decode.from_config(cfg, self.config.model.vocab_size)
     prompts = [p for p in read_prompts(cfg) for _ in range(cfg.num_samples)]
     tokens, lengths = decode.pack_prompts(prompts, spec, self.model, self.config.data.seq_len)
-    out, _ = decode.generate(self.model, params, tokens, lengths,
-                             jax.random.key(cfg.seed), spec)
+    rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
+    out, _ = decode.generate(self.model, params, tokens, lengths, rng, spec)
     return [p + t for p, t in zip(prompts, decode.new_text(out, lengths, detokenize))]
+
+
+def is_main() -> bool:
+  """Only process 0 writes logs, samples and summaries (all take part in checkpoints)."""
+  return jax.process_index() == 0
 
 
 def read_prompts(sample_cfg) -> list[str]:
@@ -107,11 +136,6 @@ def check_units(metrics, config, step):
                       "the static maximum; raise it (or lower data.seq_len / set max_len)")
 
 
-def _eval_set(config):
-  return pipeline.eval_batches(config.data, batch_size=config.train.batch_size,
-                               num_batches=config.train.eval_batches)
-
-
 def write_samples(workdir, name, texts):
   path = os.path.join(workdir, "samples", name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -121,81 +145,170 @@ def write_samples(workdir, name, texts):
   return path
 
 
+class NonFiniteGuard:
+  """Stops the run after more than `limit` steps in a row with a non-finite loss
+  or gradient norm (the train step skipped each). Reads each step's count one
+  step late, so the host never waits for the step it has just dispatched."""
+
+  def __init__(self, limit: int):
+    self.limit, self.pending = limit, None
+
+  def check(self, metrics, step: int):
+    pending, self.pending = self.pending, (metrics["nonfinite_in_a_row"], step)
+    if pending is not None:
+      self._check(*pending)
+
+  def flush(self):
+    pending, self.pending = self.pending, None
+    if pending is not None:
+      self._check(*pending)
+
+  def _check(self, count, step):
+    if int(count) > self.limit:
+      raise TrainingError(
+          f"{int(count)} steps in a row up to step {step} had a non-finite loss or gradient "
+          f"norm, more than train.max_nonfinite_in_a_row={self.limit}. Each update was "
+          "skipped and the checkpoints hold finite values; lower train.lr (or raise "
+          "train.warmup_steps), or check the data, then run again to resume.")
+
+
+class Trainer:
+  """The train loop of one run: steps, logging, evaluation, checkpoints, preemption."""
+
+  def __init__(self, run: Run, mngr, data_iter, writer):
+    self.run, self.mngr, self.data_iter, self.writer = run, mngr, data_iter, writer
+    self.eval_set = run.eval_set()
+    self.meter = Throughput(run.config.train.batch_size * run.config.data.seq_len)
+    self.last_eval = {}
+
+  def steps(self, state, start: int, preempt: Preemption):
+    """Train from `start` to train.steps; after a preemption signal, stop once
+    the step in flight is done and saved."""
+    cfg = self.run.config.train
+    guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step",
+               dynamic_ncols=True, mininterval=1.0, disable=not is_main())
+    for step in bar:
+      batch = self.run.layout.global_batch(next(self.data_iter))
+      state, metrics = self.run.train_step(state, batch)
+      done = step + 1
+      guard.check(metrics, done)
+      evaluated = self.log(state, metrics, done, bar)
+      stop = preempt.reached(done)
+      checkpoint.save(self.mngr, done, state, self.data_iter, metrics=evaluated or None,
+                      force=stop or done == cfg.steps)
+      if stop:
+        logging.warning("%s: stopped after step %d and saved it; run the same command "
+                        "again to resume", preempt.signal, done)
+        break
+      self.meter.resume(done)   # eval, checkpointing and logging are not training time
+    bar.close()
+    guard.flush()
+    return state
+
+  def log(self, state, metrics, step: int, bar) -> dict:
+    """A metrics row on log and eval steps; the eval results when evaluated now."""
+    cfg = self.run.config.train
+    evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+    if not (evaluate or step % cfg.log_every == 0):
+      return {}
+    loss = float(metrics["loss"])   # blocks, so the meter times real compute
+    check_units(metrics, self.run.config, step)
+    row = {"train_loss": loss, "bpb": bits_per_byte(loss),
+           "grad_norm": float(metrics["grad_norm"]), "lr": float(self.run.schedule(step - 1)),
+           "tokens_per_sec": self.meter.tick(step),
+           "skipped_steps": int(metrics["skipped_steps"]),
+           **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+    evaluated = self.run.evaluate(state.params, self.eval_set) if evaluate else {}
+    self.last_eval = evaluated or self.last_eval
+    self.writer.write(step, {**row, **evaluated})
+    bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{row['bpb']:.3f}",
+                    tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
+    return evaluated
+
+  def finish(self, state, wall_s: float) -> dict:
+    """Final eval (unless the last step had one), samples and summary.json."""
+    run = self.run
+    last_eval = self.last_eval or run.evaluate(state.params, self.eval_set)
+    step = int(state.step)
+    texts = run.samples(state.params, step)   # every process: generation is SPMD
+    summary = {**last_eval, **pipeline.source_stats(run.config.data), "steps": step,
+               "wall_s": wall_s, "tokens_per_sec": self.meter.average(),
+               "params": param_count(state.params)}
+    if is_main():
+      write_samples(run.workdir, f"step_{step}.txt", texts)
+      path = os.path.join(run.workdir, "summary.json")
+      set_aside(path)
+      write_json(path, summary)
+    return summary
+
+
+def _initial_state(run: Run, mngr, data_iter):
+  """(state, step): the newest usable checkpoint's; else parameters from
+  checkpoint.init_from with a fresh optimizer at step 0; else the fresh state."""
+  checkpoint.set_aside_partial(mngr)
+  state, step = checkpoint.restore_newest(mngr, checkpoint.abstract(run.state), data_iter,
+                                          move_aside=True)
+  if step is not None:
+    logging.info("resumed from step %d", step)
+    return state, step
+  if run.config.checkpoint.init_from:
+    params, source = checkpoint.restore_params(run.config.checkpoint.init_from,
+                                               checkpoint.abstract(run.state.params))
+    logging.info("parameters from %s; the optimizer and the step start afresh", source)
+    placed_like = jax.tree.map(lambda a: a.sharding, run.state.opt_state)
+    return run.state.replace(params=params,
+                             opt_state=jax.device_put(run.tx.init(params), placed_like)), 0
+  return run.state, 0
+
+
 def train(config, workdir) -> dict:
-  run = Run.create(config, workdir)
-  cfg = config.train
-  data_iter = iter(pipeline.make_dataset(config.data, "train", batch_size=cfg.batch_size,
-                                         seed=config.seed))
-  mngr = checkpoint.manager(workdir, config.checkpoint.keep)
-  state, start = run.state, 0
-  if mngr.latest_step() is not None:
-    start = mngr.latest_step()
-    state = checkpoint.restore(mngr, start, checkpoint.abstract(state), data_iter)
-    logging.info("resumed from step %d", start)
-  eval_set = _eval_set(config)
-  stats = pipeline.source_stats(config.data)
-  writer = MetricsWriter(workdir)
-  train_step = jax.jit(make_train_step(run.model, run.tx), donate_argnums=0)
-  meter = Throughput(cfg.batch_size * config.data.seq_len)
+  """Train, resuming from the workdir's newest usable checkpoint. On SIGTERM or
+  SIGINT: save the step reached and return {'stopped_by', 'step', 'exit_s'}."""
   t0 = time.time()
-  last_eval = {}
-  bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step",
-             dynamic_ncols=True, mininterval=1.0)
-  for step in bar:
-    state, metrics = train_step(state, next(data_iter))
-    done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.steps:
-      loss = float(metrics["loss"])   # blocks, so the meter times real compute
-      check_units(metrics, config, done)
-      row = {"train_loss": loss, "bpb": bits_per_byte(loss),
-             "grad_norm": float(metrics["grad_norm"]), "lr": float(run.schedule(step)),
-             "tokens_per_sec": meter.tick(done),
-             **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
-      if done % cfg.eval_every == 0 or done == cfg.steps:
-        last_eval = run.evaluate(state.params, eval_set)
-        row.update(last_eval)
-      writer.write(done, row)
-      bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{row['bpb']:.3f}",
-                      tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
-    if done % config.checkpoint.every_steps == 0 or done == cfg.steps:
-      checkpoint.save(mngr, done, state, data_iter)
-    meter.resume(done)   # eval, checkpointing and logging are not training time
-  bar.close()
-  mngr.wait_until_finished()
-  if not last_eval:
-    last_eval = run.evaluate(state.params, eval_set)
-  texts = run.samples(state.params)
-  write_samples(workdir, f"step_{int(state.step)}.txt", texts)
-  summary = {**last_eval, **stats, "steps": int(state.step), "wall_s": time.time() - t0,
-             "tokens_per_sec": meter.average(), "params": param_count(state.params)}
-  write_json(os.path.join(workdir, "summary.json"), summary)
-  writer.close()
-  return summary
+  with Preemption() as preempt:   # a signal during start-up stops after the first step
+    run = Run.create(config, workdir)
+    data_iter = iter(run.batches("train", seed=config.seed))
+    mngr = checkpoint.manager(workdir, config.checkpoint)
+    state, start = _initial_state(run, mngr, data_iter)
+    writer = MetricsWriter(workdir, enabled=is_main(), start_step=start)
+    trainer = Trainer(run, mngr, data_iter, writer)
+    try:
+      state = trainer.steps(state, start, preempt)
+    finally:
+      mngr.wait_until_finished()   # a save in flight completes, whatever happened
+      writer.close()
+  if preempt.signal:
+    return {"stopped_by": preempt.signal, "step": int(state.step),
+            "exit_s": time.time() - preempt.received_at}
+  return trainer.finish(state, time.time() - t0)
 
 
 def _restore_latest(run: Run):
   ckpt_dir = os.path.join(run.workdir, "checkpoints")
-  step = None
+  state = step = None
   if os.path.isdir(ckpt_dir):
-    mngr = checkpoint.manager(run.workdir, run.config.checkpoint.keep)
-    step = mngr.latest_step()
+    state, step = checkpoint.restore_newest(checkpoint.read_only_manager(ckpt_dir),
+                                            checkpoint.abstract(run.state))
   if step is None:
-    raise WorkdirError(f"no checkpoint in {os.path.join(run.workdir, 'checkpoints')}; "
-                            "train first (--mode=train) or point --workdir at a trained run")
-  return checkpoint.restore(mngr, step, checkpoint.abstract(run.state)), step
+    raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point "
+                       "--workdir at a trained run")
+  return state, step
 
 
 def evaluate(config, workdir) -> dict:
   run = Run.create(config, workdir)
   state, step = _restore_latest(run)
-  result = {"step": step, **run.evaluate(state.params, _eval_set(config))}
-  write_json(os.path.join(workdir, f"eval_step_{step}.json"), result)
+  result = {"step": step, **run.evaluate(state.params, run.eval_set())}
+  if is_main():
+    write_json(os.path.join(workdir, f"eval_step_{step}.json"), result)
   return result
 
 
 def sample(config, workdir) -> list[str]:
   run = Run.create(config, workdir)
   state, step = _restore_latest(run)
-  texts = run.samples(state.params)
-  write_samples(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts)
+  texts = run.samples(state.params, step)
+  if is_main():
+    write_samples(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts)
   return texts

@@ -7,6 +7,7 @@ count as one byte each, as they do in the synthetic corpus's entropy floor).
 import json
 import math
 import os
+import time
 
 LN2 = math.log(2.0)
 
@@ -26,13 +27,17 @@ class MetricsWriter:
   call sites need no `if process_index == 0`.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
+    """`start_step`: the step a run starts from (its checkpoint's). Rows after it
+    were logged by an interrupted run and are logged again: metrics.jsonl drops
+    them (`truncate_after`), TensorBoard hides them (`purge_step`)."""
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # deferred: only process 0 needs it
+    truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -50,6 +55,32 @@ class MetricsWriter:
       self._tb.close()
 
 
+def truncate_after(path: str, step: int):
+  """Drop the rows of a JSONL log with step > `step`; the file as it was is kept
+  beside it as <name>-<time>.jsonl (nothing written is lost). Returns that path,
+  or None when no row was dropped."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = [line for line in lines if _row_step(line) <= step]
+  if len(keep) == len(lines):
+    return None
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  backup = set_aside(path)
+  os.replace(path + ".tmp", path)
+  return backup
+
+
+def _row_step(line: str) -> float:
+  """A row's step; a line cut short by a crash counts as after every step."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
+
+
 def _plain(value):
   """numpy/jax scalars -> Python numbers for JSON."""
   if hasattr(value, "item"):
@@ -64,3 +95,16 @@ def write_json(path: str, obj: dict):
     json.dump(obj, f, indent=2, sort_keys=True, default=_plain)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def set_aside(path: str):
+  """Rename an existing file to <stem>-<time><ext> (a free name), so writing
+  `path` afresh loses nothing. Returns the new name, or None if there was no file."""
+  if not os.path.exists(path):
+    return None
+  stem, ext = os.path.splitext(path)
+  stem, n = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}", 0
+  while os.path.exists(kept := f"{stem}{f'-{n}' if n else ''}{ext}"):
+    n += 1
+  os.replace(path, kept)
+  return kept

@@ -12,9 +12,16 @@ from mgm.model.lm import LM, token_loss
 
 @flax.struct.dataclass
 class TrainState:
+  """What a checkpoint holds of training (with the data iterator's position).
+
+  The step uses no randomness; anything random around it (samples) is keyed by
+  seed and step, so a resumed run draws the same numbers without a saved key.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
+  skipped_steps: jax.Array        # int32: updates refused so far (non-finite, unit overflow)
+  nonfinite_in_a_row: jax.Array   # int32: consecutive non-finite steps up to now
 
 
 def make_optimizer(train_cfg):
@@ -42,7 +49,9 @@ def init_params(model: LM, rng, batch_shape):
 
 def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
   params = nn.meta.unbox(init_params(model, rng, batch_shape))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped_steps=zero,
+                    nonfinite_in_a_row=zero)
 
 
 def loss_fn(params, model: LM, batch):
@@ -64,14 +73,21 @@ def make_train_step(model: LM, tx):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, metrics), grads = grad_fn(state.params, model, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    # Units that overflow their static maximum would mix contexts: refuse the
-    # update (the loop stops the run with a clear error).
-    ok = metrics["unit_overflow"] == 0
+    grad_norm = optax.tree.norm(grads)
+    # Refuse the update (keep params and optimizer state) when units overflow
+    # their static maximum (they would mix contexts) or the loss or gradient is
+    # not finite; the loop stops the run on overflow or too many non-finite in a row.
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    ok = (metrics["unit_overflow"] == 0) & finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     params = keep(optax.apply_updates(state.params, updates), state.params)
     opt_state = keep(opt_state, state.opt_state)
-    metrics = {**metrics, "total_loss": total, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    skipped = state.skipped_steps + (~ok).astype(jnp.int32)
+    in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
+    metrics = {**metrics, "total_loss": total, "grad_norm": grad_norm,
+               "skipped_steps": skipped, "nonfinite_in_a_row": in_a_row}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      skipped_steps=skipped, nonfinite_in_a_row=in_a_row), metrics
 
   return train_step
 

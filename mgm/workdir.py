@@ -1,10 +1,9 @@
 """The run's workdir: resolved config, and the check that a workdir belongs to this run."""
 import json
 import os
-import time
 
 from mgm.errors import WorkdirError
-from mgm.metrics import write_json
+from mgm.metrics import set_aside, write_json
 
 # Sections that fix the shapes of parameters and data: a run cannot continue
 # in a workdir whose saved config differs in these.
@@ -49,7 +48,7 @@ def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
           f"{[_lookup(new, p) for p in clashes[:3]]}). Use another --workdir, or the "
           "same model and data config to resume it.")
     if changed and write:
-      os.replace(path, os.path.join(workdir, f"config-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+      set_aside(path)
   if write:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, new)

@@ -1,0 +1,74 @@
+"""One of the two processes of tests/test_multihost.py (not a test itself).
+
+  PYTHONPATH=. XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+      python tests/multihost_worker.py PORT PROCESS_ID WORKDIR OUT_JSON
+
+Joins the other process over 127.0.0.1 (the `distributed.*` config fields),
+trains the `tiny` preset for 3 steps with `mgm.loop.train` on the global
+8-device mesh, records the host-local batches it fed, then restores the
+checkpoint both processes wrote and reports what it holds.
+"""
+import json
+import os
+import sys
+
+STEPS = 3
+
+
+def config_for(port: int, process_id: int):
+  from configs import lm as lm_configs
+  config = lm_configs.get_config("tiny")
+  config.train.update(steps=STEPS, log_every=1, eval_every=STEPS)
+  config.distributed.update(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                            process_id=process_id)
+  return config
+
+
+def layout_for(config):
+  """Where the train state lives on the global mesh (abstract: nothing compiled)."""
+  from mgm import sharding
+  from mgm.model import spec as spec_lib
+  from mgm.model.lm import LM
+  from mgm.train import make_optimizer
+  tx, _ = make_optimizer(config.train)
+  return sharding.make_layout(config, LM(spec_lib.from_config(config.model)), tx,
+                              sharding.make_mesh(config.mesh))
+
+
+def param_sums(params) -> dict:
+  """{path: sum} of each parameter, computed on the devices (the arrays span
+  both processes, so no process can read them whole)."""
+  import jax
+  import jax.numpy as jnp
+  sums = jax.jit(lambda p: jax.tree.map(jnp.sum, p))(params)
+  return {jax.tree_util.keystr(k): float(v) for k, v in jax.tree_util.tree_leaves_with_path(sums)}
+
+
+def main(port: int, process_id: int, workdir: str, out: str):
+  from mgm import checkpoint, loop, sharding
+  config = config_for(port, process_id)
+  sharding.initialize_distributed(config.distributed)
+  import jax
+  fed = []
+  to_global = sharding.Layout.global_batch
+
+  def recording(layout, local):
+    fed.append(local["tokens"].tolist())
+    return to_global(layout, local)
+
+  sharding.Layout.global_batch = recording
+  summary = loop.train(config, workdir)
+  train_fed = fed[:STEPS]   # then come the eval batches
+  layout = layout_for(config)
+  mngr = checkpoint.read_only_manager(os.path.join(workdir, "checkpoints"))
+  state, step = checkpoint.restore_newest(mngr, layout.abstract_state)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
+               "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+               "data_shard": list(layout.data_shard()), "fed": train_fed,
+               "restored_step": step, "restored_sums": param_sums(state.params),
+               "steps": summary["steps"]}, f)
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
