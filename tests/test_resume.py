@@ -109,6 +109,7 @@ def interrupt(workdir, at_step, sig):
   return reached, out, exit_s
 
 
+@pytest.mark.slow   # ~2.5 min: run by CI (.ci/run) after the default suite
 def test_kill_9_three_times_and_sigterm_then_resume_equals_an_uninterrupted_run_bit_for_bit(
     reference, tmp_path):
   """kill -9 after steps 3, 8 and 13 and SIGTERM after step 5 (each run resuming the
