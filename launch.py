@@ -2,6 +2,8 @@
 
   python launch.py --config=configs/lm.py:demo --workdir=runs/demo [--mode=train|eval|sample]
                    [--config.train.steps=100 ...]
+  python launch.py --experiment=experiments/granularity.py:cpu --workdir=runs/granularity
+                   [--dry_run]
 """
 import logging as std_logging
 import os
@@ -13,6 +15,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset, e.g. configs/lm.py:demo")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's config, checkpoints, metrics, samples")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do")
+_EXPERIMENT = flags.DEFINE_string(
+    "experiment", None, "Run an experiment's arms and write its table, e.g. "
+    "experiments/granularity.py:cpu (instead of --config)")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --experiment: print one launch.py "
+                             "command per arm instead of running them")
 
 
 def parse_flags(argv):
@@ -40,22 +47,20 @@ def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_QuietLibraries())
   # Imported here so `--help` and flag errors do not pay for importing jax.
-  from mgm import loop, sharding
+  from mgm import loop, runner, sharding
   from mgm.errors import ConfigError, TrainingError, WorkdirError
-  from mgm.workdir import check_and_save_config
-  from mgm.validate import validate
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
-  if config is None or not workdir:
-    print("launch.py: --config and --workdir are required", file=sys.stderr)
+  if (config is None) == (_EXPERIMENT.value is None) or not workdir:
+    print("launch.py: --workdir and one of --config or --experiment are required",
+          file=sys.stderr)
     return 2
   try:
-    sharding.initialize_distributed(config.distributed)   # before jax touches a device
-    validate(config)
-    check_and_save_config(workdir, config, write=(mode == "train" and loop.is_main()))
-    logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
-    result = {"train": loop.train, "eval": loop.evaluate, "sample": loop.sample}[mode](
-        config, os.path.abspath(workdir))
+    if _EXPERIMENT.value:   # arms run here one after another (--dry_run: elsewhere)
+      result = runner.run(_EXPERIMENT.value, workdir, dry_run=_DRY_RUN.value)
+    else:
+      sharding.initialize_distributed(config.distributed)   # before jax touches a device
+      result = loop.run(config, workdir, mode)
   except (ConfigError, WorkdirError) as e:   # DataError is a ConfigError
     print(f"launch.py: {e}", file=sys.stderr)
     return 2

@@ -22,9 +22,12 @@ Any field can be overridden: --config.train.steps=100 --config.data.seq_len=512
 --config.model.levels[0].depth=6 --config.data.source=text
 --config.data.files='~/books/*.txt'.
 """
+import dataclasses
+
 import ml_collections as mlc
 
 from mgm.data.tokenizer import VOCAB_SIZE
+from mgm.model.spec import LevelSpec
 
 SIZES = ("tiny", "demo", "small", "base")
 MODELS = ("flat", "megabyte", "hourglass", "spacebyte", "mgm3")
@@ -43,8 +46,12 @@ MESH_RULES = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"),
 
 def level(width, depth, heads, span="full", **coarse):
   """One level; coarse levels also take units, max_len, max_units, pool, pre_layers,
-  aux_loss, aux_weight (see mgm/model/spec.py LevelSpec)."""
-  return mlc.ConfigDict(dict(width=width, depth=depth, heads=heads, span=span, **coarse))
+  aux_loss, aux_weight (see mgm/model/spec.py LevelSpec). Every field is present,
+  with its default, so any can be overridden: --config.model.levels[0].pool=mean."""
+  defaults = {f.name: f.default for f in dataclasses.fields(LevelSpec)
+              if f.default is not dataclasses.MISSING}
+  return mlc.ConfigDict({**defaults, **dict(width=width, depth=depth, heads=heads, span=span,
+                                            **coarse)})
 
 
 def model_levels(model, size):
@@ -125,6 +132,11 @@ def base_config():
   c.train.eval_batches = 8
   c.train.max_nonfinite_in_a_row = 5    # non-finite loss/grad steps are skipped; more stop the run
 
+  c.eval = mlc.ConfigDict()             # generation metrics (BLEU, chrF, ROUGE) after training
+  c.eval.continuations = 0              # held-out sequences continued greedily (0 = off)
+  c.eval.prompt_tokens = 64             # each one's first tokens are the prompt,
+  c.eval.new_tokens = 32                # the next ones the reference
+
   c.checkpoint = mlc.ConfigDict()       # also saved at the end and on SIGTERM/SIGINT
   c.checkpoint.every_steps = 100
   c.checkpoint.every_minutes = 0.0      # also save this often (0 = off)
@@ -172,6 +184,7 @@ def apply_size(c, model, size):
                    eval_every=10, eval_batches=2)
     c.checkpoint.every_steps = 10
     c.sample.max_new_tokens = 32
+    c.eval.update(prompt_tokens=32, new_tokens=16)
   elif size == "small":
     c.train.update(steps=20_000, batch_size=32, lr=1e-3, warmup_steps=1000,
                    log_every=50, eval_every=1000, eval_batches=16)

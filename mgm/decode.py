@@ -82,10 +82,14 @@ def check(spec: DecodeSpec, vocab_size: int):
 
 
 def pack_prompts(prompts: list[str], spec: DecodeSpec, model: LM, max_len: int):
-  """Prompts -> (tokens [B, S] right-padded with PAD, lengths [B]); S holds prompt +
-  max_new and is a multiple of every fixed patch, so the fixed levels stay static."""
-  encoded = [encode(p) for p in prompts]
-  longest = max(len(e) for e in encoded)
+  """Prompts -> (tokens [B, S] right-padded with PAD, lengths [B]); see pack_tokens."""
+  return pack_tokens([encode(p) for p in prompts], spec, model, max_len)
+
+
+def pack_tokens(prompts: list, spec: DecodeSpec, model: LM, max_len: int):
+  """Token prompts -> (tokens [B, S] right-padded with PAD, lengths [B]); S holds
+  prompt + max_new and is a multiple of every fixed patch, so the fixed levels stay static."""
+  longest = max(len(e) for e in prompts)
   if longest + spec.max_new > max_len:
     field = "sample.prompt" if longest >= max_len else "sample.max_new_tokens"
     raise ConfigError(field, f"a prompt of {longest} bytes plus {spec.max_new} new tokens "
@@ -94,9 +98,9 @@ def pack_prompts(prompts: list[str], spec: DecodeSpec, model: LM, max_len: int):
                         for i in range(len(model.spec.levels) - 1)])
   size = -(-(longest + spec.max_new + 1) // patch) * patch
   buf = np.full((len(prompts), size), PAD, np.int32)
-  for i, e in enumerate(encoded):
+  for i, e in enumerate(prompts):
     buf[i, :len(e)] = e
-  return jnp.asarray(buf), jnp.asarray([len(e) for e in encoded], jnp.int32)
+  return jnp.asarray(buf), jnp.asarray([len(e) for e in prompts], jnp.int32)
 
 
 # -- logits processing ---------------------------------------------------------

@@ -5,6 +5,7 @@ x3 for forward and backward, causal attention at half its square. Every level
 contributes per *position of that level* and is divided by the tokens it
 covers, so coarse levels cost less per byte the longer their units are.
 """
+import functools
 import time
 
 import jax
@@ -77,13 +78,18 @@ def train_flops_per_token(spec, seq_len: int, executed: bool = False) -> float:
   return 3 * forward_flops_per_sequence(spec, seq_len, executed) / seq_len
 
 
-def peak_flops_per_device() -> float:
-  """Datasheet peak of the accelerator, or a measured fp32 matmul rate on CPU."""
-  kind = jax.devices()[0].device_kind
+@functools.cache
+def peak_flops() -> float:
+  """The job's peak FLOP/s: datasheet peak x devices on accelerators; on CPU the
+  measured matmul rate of a host x hosts (fake CPU devices share their host's cores)."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return measured_matmul_flops() * jax.process_count()
+  kind = device.device_kind.lower()
   for name, peak in ACCELERATOR_PEAKS.items():
-    if name.lower() in kind.lower():
-      return peak
-  return measured_matmul_flops()
+    if name.lower() in kind:
+      return peak * jax.device_count()
+  return float("nan")   # unknown accelerator: MFU is reported as NaN, not guessed
 
 
 def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
@@ -98,5 +104,7 @@ def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
   return repeats * 2 * size ** 3 / (time.perf_counter() - start)
 
 
-def mfu(tokens_per_sec: float, flops_per_token: float, peak: float, devices: int) -> float:
-  return tokens_per_sec * flops_per_token / (peak * devices)
+def utilization(tokens_per_sec: float, flops_per_token: float) -> dict:
+  """Training TFLOP/s and MFU for a measured rate (the one place both are computed)."""
+  achieved = tokens_per_sec * flops_per_token
+  return {"tflops_per_sec": achieved / 1e12, "mfu": achieved / peak_flops()}

@@ -9,15 +9,18 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from mgm import checkpoint, sharding
+from mgm import checkpoint, flops, sharding
 from mgm.data import pipeline
 from mgm import decode
 from mgm.data.tokenizer import decode as detokenize
 from mgm.errors import ConfigError, TrainingError, WorkdirError
-from mgm.metrics import MetricsWriter, bits_per_byte, perplexity, set_aside, write_json
+from mgm.metrics import (MetricsWriter, bits_per_byte, perplexity, set_aside, text_scores,
+                         write_json)
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.preemption import Preemption
+from mgm.validate import validate
+from mgm.workdir import check_and_save_config
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step, param_count
 
 
@@ -34,6 +37,7 @@ class Run:
   layout: sharding.Layout
   train_step: object   # (state, global batch) -> (state, metrics); donates state
   eval_step: object    # (params, global batch) -> (sum of nats, token count)
+  flops_per_token: float   # analytic training FLOPs per token (mgm/flops.py)
 
   @classmethod
   def create(cls, config, workdir, mesh=None):
@@ -46,7 +50,17 @@ class Run:
     init = layout.jit(lambda rng: init_state(model, tx, rng, shape), out_shardings=layout.state)
     return cls(config, workdir, model, tx, schedule, init(jax.random.key(config.seed)), layout,
                layout.train_step(make_train_step(model, tx)),
-               layout.eval_step(make_eval_step(model)))
+               layout.eval_step(make_eval_step(model)),
+               flops.train_flops_per_token(model.spec, config.data.seq_len))
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.config.train.batch_size * self.config.data.seq_len
+
+  def speed(self, tokens_per_sec: float, step: int) -> dict:
+    """Training FLOPs so far, TFLOP/s and MFU at a measured tokens/s."""
+    return {"train_flops": step * self.tokens_per_step * self.flops_per_token,
+            **flops.utilization(tokens_per_sec, self.flops_per_token)}
 
   def batches(self, split: str, seed: int):
     """This process's share of the global batches of `split` (the training stream)."""
@@ -68,6 +82,29 @@ class Run:
       total, count = total + float(s), count + float(c)
     nats = total / max(count, 1.0)
     return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
+
+  def continuation_scores(self, params) -> dict:
+    """BLEU, chrF and ROUGE of greedy continuations of held-out text (eval.*): the
+    first prompt_tokens of each validation sequence are the prompt, the next
+    new_tokens the reference. Every process continues the same sequences."""
+    cfg = self.config.eval
+    if not cfg.continuations:
+      return {}
+    length = cfg.prompt_tokens + cfg.new_tokens
+    rows = [row for batch in pipeline.eval_batches(
+                self.config.data, batch_size=self.config.train.batch_size,
+                num_batches=self.config.train.eval_batches)
+            for row, mask in zip(batch["tokens"], batch["mask"]) if mask[:length].all()]
+    rows = rows[:cfg.continuations]
+    if not rows:
+      raise ConfigError("eval.continuations", "no validation sequence holds "
+                        f"{length} real tokens; lower eval.prompt_tokens/new_tokens")
+    spec = decode.DecodeSpec(strategy="greedy", max_new=cfg.new_tokens, stop_at_eos=False)
+    tokens, lengths = decode.pack_tokens([r[:cfg.prompt_tokens] for r in rows], spec,
+                                         self.model, self.config.data.seq_len)
+    out, _ = decode.generate(self.model, params, tokens, lengths, jax.random.key(0), spec)
+    references = [detokenize(r[cfg.prompt_tokens:length]) for r in rows]
+    return text_scores(decode.new_text(out, lengths, detokenize), references)
 
   def samples(self, params, step: int) -> list[str]:
     """Prompt + generated text for each prompt x sample.num_samples (the cached
@@ -178,7 +215,7 @@ class Trainer:
   def __init__(self, run: Run, mngr, data_iter, writer):
     self.run, self.mngr, self.data_iter, self.writer = run, mngr, data_iter, writer
     self.eval_set = run.eval_set()
-    self.meter = Throughput(run.config.train.batch_size * run.config.data.seq_len)
+    self.meter = Throughput(run.tokens_per_step)
     self.last_eval = {}
 
   def steps(self, state, start: int, preempt: Preemption):
@@ -219,11 +256,12 @@ class Trainer:
            "tokens_per_sec": self.meter.tick(step),
            "skipped_steps": int(metrics["skipped_steps"]),
            **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+    row.update(self.run.speed(row["tokens_per_sec"], step))
     evaluated = self.run.evaluate(state.params, self.eval_set) if evaluate else {}
     self.last_eval = evaluated or self.last_eval
     self.writer.write(step, {**row, **evaluated})
     bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{row['bpb']:.3f}",
-                    tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
+                    tok_s=f"{row['tokens_per_sec']:,.0f}", mfu=f"{row['mfu']:.1%}", refresh=False)
     return evaluated
 
   def finish(self, state, wall_s: float) -> dict:
@@ -232,9 +270,11 @@ class Trainer:
     last_eval = self.last_eval or run.evaluate(state.params, self.eval_set)
     step = int(state.step)
     texts = run.samples(state.params, step)   # every process: generation is SPMD
-    summary = {**last_eval, **pipeline.source_stats(run.config.data), "steps": step,
+    summary = {**last_eval, **run.continuation_scores(state.params),
+               **pipeline.source_stats(run.config.data), "steps": step,
                "wall_s": wall_s, "tokens_per_sec": self.meter.average(),
-               "params": param_count(state.params)}
+               "params": param_count(state.params), "flops_per_token": run.flops_per_token,
+               **run.speed(self.meter.average(), step)}
     if is_main():
       write_samples(run.workdir, f"step_{step}.txt", texts)
       path = os.path.join(run.workdir, "summary.json")
@@ -260,6 +300,15 @@ def _initial_state(run: Run, mngr, data_iter):
     return run.state.replace(params=params,
                              opt_state=jax.device_put(run.tx.init(params), placed_like)), 0
   return run.state, 0
+
+
+def run(config, workdir: str, mode: str):
+  """Validate, check the workdir against the config (and save it when training),
+  then train, eval or sample: what launch.py and the experiment runner call."""
+  validate(config)
+  check_and_save_config(workdir, config, write=(mode == "train" and is_main()))
+  logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
+  return {"train": train, "eval": evaluate, "sample": sample}[mode](config, os.path.abspath(workdir))
 
 
 def train(config, workdir) -> dict:
@@ -299,7 +348,8 @@ def _restore_latest(run: Run):
 def evaluate(config, workdir) -> dict:
   run = Run.create(config, workdir)
   state, step = _restore_latest(run)
-  result = {"step": step, **run.evaluate(state.params, run.eval_set())}
+  result = {"step": step, **run.evaluate(state.params, run.eval_set()),
+            **run.continuation_scores(state.params)}
   if is_main():
     write_json(os.path.join(workdir, f"eval_step_{step}.json"), result)
   return result

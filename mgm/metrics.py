@@ -20,6 +20,18 @@ def perplexity(nats_per_token: float) -> float:
   return math.exp(min(float(nats_per_token), 700.0))
 
 
+def text_scores(hypotheses: list[str], references: list[str]) -> dict:
+  """Corpus BLEU and chrF (sacrebleu) and mean ROUGE-1/2/L F1 (rouge-score), all 0-100."""
+  import sacrebleu                       # deferred: only generation evals need them
+  from rouge_score import rouge_scorer
+  kinds = ("rouge1", "rouge2", "rougeL")
+  scorer = rouge_scorer.RougeScorer(kinds)
+  rouge = [scorer.score(ref, hyp) for hyp, ref in zip(hypotheses, references)]
+  return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+          "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+          **{k: 100 * sum(r[k].fmeasure for r in rouge) / max(len(rouge), 1) for k in kinds}}
+
+
 class MetricsWriter:
   """metrics.jsonl (one JSON object per logged step) + TensorBoard events.
 

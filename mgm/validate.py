@@ -13,8 +13,9 @@ SOURCES = ("synthetic", "text", "tfds")
 POSITIVE_INTS = (
     "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size",
     "train.log_every", "train.eval_every", "train.eval_batches",
-    "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples")
-NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row",)
+    "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
+    "eval.prompt_tokens", "eval.new_tokens")
+NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
                         "checkpoint.every_minutes")
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip")
@@ -64,6 +65,10 @@ def validate(config):
     raise ConfigError("sample.max_new_tokens", f"the prompt ({prompt_bytes} bytes) plus "
                       f"{sample.max_new} new tokens exceeds data.seq_len="
                       f"{config.data.seq_len}; lower it")
+  if config.eval.prompt_tokens + config.eval.new_tokens > config.data.seq_len:
+    raise ConfigError("eval.new_tokens", f"eval.prompt_tokens={config.eval.prompt_tokens} "
+                      f"plus eval.new_tokens={config.eval.new_tokens} exceeds data.seq_len="
+                      f"{config.data.seq_len}; lower one")
 
 
 def _validate_data(data):

@@ -1,0 +1,191 @@
+"""The experiment runner: arms -> runs -> table (Markdown + CSV) and plots.
+
+An experiment file (experiments/NAME.py) defines `get_experiment(size)` and
+returns an `Experiment`: its arms (a config preset plus overrides each), how
+they are matched (the same training FLOPs or the same steps), the metric and
+the paper's numbers. `python launch.py --experiment=experiments/NAME.py:cpu
+--workdir=DIR` trains the arms one after another in DIR/arms/<arm> (skipping
+finished ones, resuming unfinished ones from their checkpoints), then writes
+DIR/results.{md,csv} and DIR/*.png. With --dry_run it prints one launch.py
+command per arm instead (for a pod or a cluster); run the experiment again
+without it once they are done to write the tables.
+"""
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shlex
+
+from absl import logging
+from ml_collections.config_flags import config_path
+
+from mgm import flops
+from mgm.errors import ConfigError
+from mgm.model import spec as spec_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MATCHES = ("flops", "steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  name: str
+  config: str                     # 'configs/lm.py:model=megabyte,size=demo'
+  overrides: dict = dataclasses.field(default_factory=dict)   # 'train.lr' -> 1e-3
+  paper: float | None = None      # the paper's number for this arm (Experiment.paper_metric)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  name: str
+  title: str
+  arms: tuple[Arm, ...]
+  match: str = "flops"            # flops: every arm gets the budget arm's training FLOPs
+  budget_arm: str = ""            # whose configured steps fix the budget (default: the first)
+  metric: str = "eval_bpb"        # the table's and the bar chart's metric (lower is better)
+  extra_metrics: tuple[str, ...] = ()   # more summary.json fields as columns (e.g. 'chrf')
+  evals: int = 4                  # evaluations per arm (points on the loss curve)
+  paper_metric: str = ""          # what Arm.paper is: 'bits/byte, arXiv (Table 10)'
+  orderings: tuple[tuple[str, str], ...] = ()   # (better, worse) arm pairs the paper reports
+  notes: str = ""
+
+
+def load(spec: str) -> Experiment:
+  """'experiments/NAME.py:size' -> the Experiment its get_experiment(size) returns."""
+  path, _, arg = spec.partition(":")
+  module = _import(path)
+  experiment = module.get_experiment(arg) if arg else module.get_experiment()
+  check(experiment)
+  return experiment
+
+
+def _import(path: str):
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if not os.path.isfile(full):
+    raise ConfigError("--experiment", f"no file {path!r}; give experiments/NAME.py:size")
+  module_spec = importlib.util.spec_from_file_location(
+      "_mgm_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0]), full)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def check(experiment: Experiment):
+  names = [arm.name for arm in experiment.arms]
+  if not names:
+    raise ConfigError("arms", f"experiment {experiment.name!r} has no arms")
+  if len(set(slug(n) for n in names)) != len(names):
+    raise ConfigError("arms", f"arm names must differ (as directory names): {names}")
+  if experiment.match not in MATCHES:
+    raise ConfigError("match", f"{experiment.match!r}; one of {MATCHES}")
+  for better, worse in experiment.orderings:
+    for name in (better, worse):
+      if name not in names:
+        raise ConfigError("orderings", f"{name!r} is not an arm of {experiment.name!r}")
+
+
+def slug(name: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+# -- arms -> configs -----------------------------------------------------------
+
+def base_config(arm: Arm):
+  """The arm's config file and preset, with its overrides applied (as the
+  command line's --config.PATH=VALUE would)."""
+  path, _, arg = arm.config.partition(":")
+  config = _import(path).get_config(arg or None)
+  for dotted, value in arm.overrides.items():
+    try:
+      config_path.set_value(dotted, config, value)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+      raise ConfigError(f"{arm.name}: {dotted}", f"cannot override it ({e})")
+  return config
+
+
+def flops_per_step(config) -> float:
+  spec = spec_lib.from_config(config.model)
+  tokens = config.train.batch_size * config.data.seq_len
+  return tokens * flops.train_flops_per_token(spec, config.data.seq_len)
+
+
+def planned_overrides(experiment: Experiment) -> dict[str, dict]:
+  """Arm name -> all its overrides, the runner's (steps, eval and checkpoint
+  cadence) included: everything its launch.py command needs."""
+  configs = {arm.name: base_config(arm) for arm in experiment.arms}
+  budget_name = experiment.budget_arm or experiment.arms[0].name
+  budget = configs[budget_name].train.steps * flops_per_step(configs[budget_name])
+  plans = {}
+  for arm in experiment.arms:
+    config = configs[arm.name]
+    steps = config.train.steps
+    if experiment.match == "flops":
+      steps = max(config.train.warmup_steps + 1, round(budget / flops_per_step(config)))
+    every = max(1, -(-steps // experiment.evals))
+    plans[arm.name] = {**arm.overrides, "train.steps": steps, "train.eval_every": every,
+                       "checkpoint.every_steps": every}
+  return plans
+
+
+def arm_config(arm: Arm, overrides: dict):
+  return base_config(dataclasses.replace(arm, overrides=overrides))
+
+
+def command(arm: Arm, overrides: dict, workdir: str) -> str:
+  args = ["python", "launch.py", f"--config={arm.config}", f"--workdir={workdir}"]
+  args += [f"--config.{k}={v}" for k, v in overrides.items()]
+  return " ".join(shlex.quote(a) for a in args)
+
+
+# -- running -------------------------------------------------------------------
+
+def arm_dir(workdir: str, arm: Arm) -> str:
+  return os.path.join(workdir, "arms", slug(arm.name))
+
+
+def read_summary(directory: str) -> dict | None:
+  try:
+    with open(os.path.join(directory, "summary.json"), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def status(directory: str, steps: int) -> str:
+  """'done' (its summary is at the planned step), 'resume' (a checkpoint) or 'new'."""
+  summary = read_summary(directory)
+  if summary and summary.get("steps") == steps:
+    return "done"
+  return "resume" if os.path.isdir(os.path.join(directory, "checkpoints")) else "new"
+
+
+def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
+  """Train every arm of the experiment `spec` (skipping finished ones), then write
+  the table and plots. Returns {'table': path} or, when a run was preempted,
+  {'stopped_by', 'arm'}; with `dry_run`, prints the arms' commands instead."""
+  from mgm import loop, report   # deferred: `--dry_run` needs neither jax nor matplotlib
+  experiment = load(spec)
+  plans = planned_overrides(experiment)
+  workdir = os.path.abspath(workdir)
+  if dry_run:
+    for arm in experiment.arms:
+      print(command(arm, plans[arm.name], arm_dir(workdir, arm)))
+    print(f"# when they are done, the table: python launch.py --experiment={spec} "
+          f"--workdir={workdir}")
+    return {"arms": len(experiment.arms)}
+  for i, arm in enumerate(experiment.arms):
+    directory, steps = arm_dir(workdir, arm), plans[arm.name]["train.steps"]
+    state = status(directory, steps)
+    logging.info("experiment %s, arm %d/%d %r: %s (%d steps) in %s", experiment.name, i + 1,
+                 len(experiment.arms), arm.name, state, steps, directory)
+    if state == "done":
+      continue
+    result = loop.run(arm_config(arm, plans[arm.name]), directory, "train")
+    if "stopped_by" in result:
+      return {"stopped_by": result["stopped_by"], "arm": arm.name}
+  rows = [{"arm": arm.name, "paper": arm.paper, **read_summary(arm_dir(workdir, arm))}
+          for arm in experiment.arms]
+  curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
+  command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
+  return {"table": report.write(experiment, rows, curves, workdir, command_line)}
