@@ -55,23 +55,33 @@ class Parts:
 # -- layouts: which slots a query may attend, and its rotary position ---------
 
 def token_layout(model: LM, p, tok_unit, slots: int):
-  """Key mask [B, S] and rotary position [B] for a token-level query at p [B]."""
+  """Key window (start [B], mask [B, W]) and rotary position [B] for a token-level
+  query at p [B]: a local span reads only the W slots it can see."""
   levels = model.spec.levels
-  keys = jnp.arange(slots)[None]
-  mask = keys <= p[:, None]
   kind, window = parse_span(levels[-1].span)
-  if model._patched(len(levels) - 1):
-    patch = model._token_patch()
-    return mask & (keys // patch == (p // patch)[:, None]), p % patch
+  patch = model._token_patch() if model._patched(len(levels) - 1) else None
+  if patch:
+    size, start = patch, p // patch * patch
+  else:
+    size = slots
+    if kind == "window":
+      size = min(window, slots)
+    elif kind == "parent" and model._unit_window(len(levels) - 1):
+      size = min(model._unit_window(len(levels) - 1), slots)
+    start = jnp.clip(p - size + 1, 0, slots - size)
+  keys = start[:, None] + jnp.arange(size)                        # [B, W]
+  mask = keys <= p[:, None]
   if kind == "window":
     mask &= p[:, None] - keys < window
-  elif kind == "parent":
-    mask &= tok_unit == jnp.take_along_axis(tok_unit, p[:, None], axis=1)
-  return mask, p
+  elif kind == "parent" and not patch:
+    unit = jnp.take_along_axis(tok_unit, p[:, None], axis=1)
+    mask &= jnp.take_along_axis(tok_unit, keys, axis=1) == unit
+  return (start, mask), (p % patch if patch else p)
 
 
 def unit_layout(level, j, parent_of_slot, slots: int):
-  """Key mask [B, N] and rotary position [B] for a coarse-level query at slot j [B]."""
+  """Key window (start [B] = 0, mask [B, N]) and rotary position [B] for a
+  coarse-level query at slot j [B]."""
   keys = jnp.arange(slots)[None]
   mask = keys <= j[:, None]
   kind, window = parse_span(level.span)
@@ -79,7 +89,7 @@ def unit_layout(level, j, parent_of_slot, slots: int):
     mask &= j[:, None] - keys < window
   elif kind == "parent":
     mask &= parent_of_slot == jnp.take_along_axis(parent_of_slot, j[:, None], axis=1)
-  return mask, j
+  return (jnp.zeros_like(j), mask), j
 
 
 def run_stack(fn, x, caches, index, mask, pos):
@@ -251,13 +261,13 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close):
   def step_level(caches):
     x = down if parent_ctx is None else down + parts.context(i, parent_ctx)
     mask, pos = unit_layout(level, closed, parent_of_slot, parent_of_slot.shape[1])
-    return run_stack(parts.stack("gen", i), x, caches, closed, mask, pos)
+    # Rows that did not close write nothing (index past the end): their open
+    # unit's keys, which later units read, stay as they are.
+    write_at = jnp.where(close, closed, parent_of_slot.shape[1])
+    return run_stack(parts.stack("gen", i), x, caches, write_at, mask, pos)
 
   ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
-  # Rows that did not close must keep their open unit's keys, which later units read.
-  rows_closed = lambda new, old: jnp.where(close.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-  gen = jax.tree.map(rows_closed, gen, lv["gen"])
-  ctx = rows_closed(ctx, lv["ctx"])
+  ctx = jnp.where(close[:, None], ctx, lv["ctx"])
   return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "parent_of_slot": parent_of_slot}
 
 

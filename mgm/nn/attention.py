@@ -121,7 +121,8 @@ class SelfAttention(nn.Module):
     Teacher-forced, it also sows its keys and values ('intermediates'/'kv') for
     the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, S, N, H]), x is
     one step [B, 1, D]: its key and value are written at slot `index` [B] and
-    the query attends to the slots in `key_mask` [B, S]; returns (out, cache).
+    the query attends to the slots `key_mask` gives (see cached_attention); returns
+    (out, cache).
     """
     head_dim = self.width // self.heads
     proj = lambda name: Linear("btd,dnh->btnh", (self.width, self.heads, head_dim),
@@ -144,11 +145,23 @@ class SelfAttention(nn.Module):
 
 
 def cached_attention(q, k, v, cache, index, key_mask):
-  """One query step against a KV cache. q, k, v: [B, 1, N, H]; cache k, v: [B, S, N, H]."""
+  """One query step against a KV cache. q, k, v: [B, 1, N, H]; cache k, v: [B, S, N, H].
+
+  The step's key and value are written at slot `index` [B] (an index >= S
+  writes nothing: a row that is not stepping). `key_mask` is (start [B], mask
+  [B, W]): the query attends to slots start..start+W-1 where `mask` is set, so
+  a local span reads W slots, not S.
+  """
   rows = jnp.arange(q.shape[0])
-  cache = {"k": cache["k"].at[rows, index].set(k[:, 0].astype(cache["k"].dtype)),
-           "v": cache["v"].at[rows, index].set(v[:, 0].astype(cache["v"].dtype))}
-  scores = jnp.einsum("bqnh,bsnh->bnqs", q, cache["k"]) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-  scores = jnp.where(key_mask[:, None, None, :], scores.astype(jnp.float32), -1e30)
+  write = lambda c, x: c.at[rows, index].set(x[:, 0].astype(c.dtype), mode="drop")
+  cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+  start, mask = key_mask
+  keys, values = cache["k"], cache["v"]
+  if mask.shape[1] < keys.shape[1]:
+    slots = (start[:, None] + jnp.arange(mask.shape[1]))[:, :, None, None]   # [B, W, 1, 1]
+    keys = jnp.take_along_axis(keys, slots, axis=1)
+    values = jnp.take_along_axis(values, slots, axis=1)
+  scores = jnp.einsum("bqnh,bsnh->bnqs", q, keys) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  scores = jnp.where(mask[:, None, None, :], scores.astype(jnp.float32), -1e30)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return cache, jnp.einsum("bnqs,bsnh->bqnh", probs, cache["v"])
+  return cache, jnp.einsum("bnqs,bsnh->bqnh", probs, values)
