@@ -43,6 +43,7 @@ class Experiment:
   arms: tuple[Arm, ...]
   match: str = "flops"            # flops: every arm gets the budget arm's training FLOPs
   budget_arm: str = ""            # whose configured steps fix the budget (default: the first)
+  budget_flops: float = 0.0       # or an explicit training-FLOPs budget per arm
   metric: str = "eval_bpb"        # the table's and the bar chart's metric (lower is better)
   extra_metrics: tuple[str, ...] = ()   # more summary.json fields as columns (e.g. 'chrf')
   evals: int = 4                  # evaluations per arm (points on the loss curve)
@@ -55,6 +56,8 @@ def load(spec: str) -> Experiment:
   """'experiments/NAME.py:size' -> the Experiment its get_experiment(size) returns."""
   path, _, arg = spec.partition(":")
   module = _import(path)
+  if not hasattr(module, "get_experiment"):
+    raise ConfigError("--experiment", f"{path} defines no get_experiment(size)")
   experiment = module.get_experiment(arg) if arg else module.get_experiment()
   check(experiment)
   return experiment
@@ -77,6 +80,8 @@ def check(experiment: Experiment):
     raise ConfigError("arms", f"experiment {experiment.name!r} has no arms")
   if len(set(slug(n) for n in names)) != len(names):
     raise ConfigError("arms", f"arm names must differ (as directory names): {names}")
+  if experiment.budget_arm and experiment.budget_arm not in names:
+    raise ConfigError("budget_arm", f"{experiment.budget_arm!r} is not an arm")
   if experiment.match not in MATCHES:
     raise ConfigError("match", f"{experiment.match!r}; one of {MATCHES}")
   for better, worse in experiment.orderings:
@@ -115,7 +120,8 @@ def planned_overrides(experiment: Experiment) -> dict[str, dict]:
   cadence) included: everything its launch.py command needs."""
   configs = {arm.name: base_config(arm) for arm in experiment.arms}
   budget_name = experiment.budget_arm or experiment.arms[0].name
-  budget = configs[budget_name].train.steps * flops_per_step(configs[budget_name])
+  budget = (experiment.budget_flops or
+            configs[budget_name].train.steps * flops_per_step(configs[budget_name]))
   plans = {}
   for arm in experiment.arms:
     config = configs[arm.name]
