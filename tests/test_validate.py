@@ -52,6 +52,9 @@ INVALID = [
     ({"sample.temperature": -1.0}, "sample.temperature"),
     ({"sample.top_p": 0.0}, "sample.top_p"),
     ({"sample.max_new_tokens": 1000}, "sample.max_new_tokens"),
+    ({"eval.prompt_tokens": 200, "eval.new_tokens": 100}, "eval.new_tokens"),
+    ({"eval.continuations": -1}, "eval.continuations"),
+    ({"model.levels[0].pool": "max"}, "model.levels[0].pool"),
 ]
 
 
