@@ -122,7 +122,7 @@ class ReferenceFlatLM(nn.Module):
     pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     x = Stack(self.depth, self.width, self.heads, name="level_0")(x, pos)
     x = RMSNorm(name="final_norm")(x)
-    return Linear("btd,dv->btv", (self.width, self.vocab), ("embed", "vocab"),
+    return Linear((self.width, self.vocab), ("embed", "vocab"),
                   name="unembed")(x)
 
 

@@ -50,15 +50,15 @@ class LM(nn.Module):
     self.starts = [self.param(f"start_{i}", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("embed",)), (l.width,), jnp.float32)
                    for i, l in enumerate(coarse)]
-    self.contexts = [Linear("bld,de->ble", (levels[i - 1].width, levels[i].width),
-                            ("mlp", "embed"), dtype=dtype, name=f"context_{i}")
+    self.contexts = [Linear((levels[i - 1].width, levels[i].width), ("mlp", "embed"),
+                            dtype=dtype, name=f"context_{i}")          # bld,de->ble
                      for i in range(1, len(levels))]
-    self.aux_heads = {i: Linear("bnd,dv->bnv", (l.width, spec.vocab_size), ("embed", "vocab"),
-                                dtype=dtype, name=f"aux_head_{i}")
+    self.aux_heads = {i: Linear((l.width, spec.vocab_size), ("embed", "vocab"),
+                                dtype=dtype, name=f"aux_head_{i}")     # bnd,dv->bnv
                       for i, l in enumerate(coarse) if l.aux_loss}
     self.final_norm = RMSNorm(dtype=dtype, name="final_norm")
-    self.unembed = Linear("btd,dv->btv", (levels[-1].width, spec.vocab_size),
-                          ("embed", "vocab"), dtype=dtype, name="unembed")
+    self.unembed = Linear((levels[-1].width, spec.vocab_size), ("embed", "vocab"),
+                          dtype=dtype, name="unembed")                 # btd,dv->btv
 
   # -- layout helpers --------------------------------------------------------
 

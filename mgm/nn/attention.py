@@ -125,8 +125,8 @@ class SelfAttention(nn.Module):
     (out, cache).
     """
     head_dim = self.width // self.heads
-    proj = lambda name: Linear("btd,dnh->btnh", (self.width, self.heads, head_dim),
-                               ("embed", "heads", "kv"), dtype=self.dtype, name=name)(x)
+    proj = lambda name: Linear((self.width, self.heads, head_dim), ("embed", "heads", "kv"),
+                               dtype=self.dtype, name=name)(x)         # btd,dnh->btnh
     q, k, v = proj("query"), proj("key"), proj("value")       # [B, T, N, H]
     if self.qk_norm:
       q = RMSNorm("kv", self.dtype, name="query_norm")(q)
@@ -138,7 +138,7 @@ class SelfAttention(nn.Module):
     else:
       cache, out = cached_attention(q, k, v, cache, index, key_mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    out = Linear("btnh,nhd->btd", (self.heads, head_dim, self.width),
+    out = Linear((self.heads, head_dim, self.width),                    # btnh,nhd->btd
                  ("heads", "kv", "embed"), fan_in_axes=(0, 1), dtype=self.dtype,
                  name="out")(out)
     return out if cache is None else (out, cache)

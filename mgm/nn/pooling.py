@@ -26,8 +26,7 @@ class AttentivePool(nn.Module):
   def __call__(self, x):
     """x [..., D] -> scores [...] (float32)."""
     width = x.shape[-1]
-    u = Linear("...d,de->...e", (width, width), ("embed", "mlp"), dtype=self.dtype,
-               name="proj")(x)
+    u = Linear((width, width), ("embed", "mlp"), dtype=self.dtype, name="proj")(x)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
                       (width,), jnp.float32)
     v = self.param("context", nn.with_logical_partitioning(
@@ -49,8 +48,7 @@ class Pool(nn.Module):
   def setup(self):
     if self.kind == "attention":
       self.attention = AttentivePool(self.dtype)
-    self.proj = Linear("...d,de->...e", (self.in_width, self.width), ("mlp", "embed"),
-                       dtype=self.dtype)
+    self.proj = Linear((self.in_width, self.width), ("mlp", "embed"), dtype=self.dtype)
 
   def score(self, x):
     return self.attention(x)

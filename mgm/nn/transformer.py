@@ -16,11 +16,11 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = Linear("btd,df->btf", (self.width, self.hidden), ("embed", "mlp"),
-               dtype=self.dtype, name="wi")(x)
+    h = Linear((self.width, self.hidden), ("embed", "mlp"), dtype=self.dtype,
+               name="wi")(x)                                           # btd,df->btf
     h = nn.with_logical_constraint(jax.nn.gelu(h), ("batch", "length", "mlp"))
-    return Linear("btf,fd->btd", (self.hidden, self.width), ("mlp", "embed"),
-                  dtype=self.dtype, name="wo")(h)
+    return Linear((self.hidden, self.width), ("mlp", "embed"), dtype=self.dtype,
+                  name="wo")(h)                                        # btf,fd->btd
 
 
 class Block(nn.Module):
