@@ -2,12 +2,14 @@
 1024, 4096 and 16384 bytes, parameters equal within 10%, 8192-16384 tokens a step.
 
   python -m benchmarks.train_suite            # writes benchmarks/results/train_suite.{jsonl,md}
+  python -m benchmarks.train_suite --models=megabyte --seq_lens=1024   # re-time some rows
 
 Each shape runs in its own process (benchmarks/train_throughput.py) so peak
 memory is per shape. The point of the hierarchy is cost that grows slower than
 quadratically: the table gives each model's time per sequence at 16384 over
 1024 (16 = linear; flat full attention is far above).
 """
+import argparse
 import json
 import os
 import subprocess
@@ -58,18 +60,26 @@ def table(rows):
 
 
 def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--models", default=",".join(SHAPES))
+  p.add_argument("--seq_lens", default=",".join(map(str, SEQ_LENS)))
+  args = p.parse_args()
   os.makedirs(OUT, exist_ok=True)
-  rows = []
-  with open(os.path.join(OUT, "train_suite.jsonl"), "w") as f:
-    for model in SHAPES:
-      for seq_len in SEQ_LENS:
-        rows.append(run(model, seq_len))
-        f.write(json.dumps(rows[-1]) + "\n")
-        f.flush()
-        print(json.dumps(rows[-1]), flush=True)
+  path = os.path.join(OUT, "train_suite.jsonl")
+  rows = {}
+  if os.path.exists(path):   # re-timed rows replace their old ones
+    with open(path) as f:
+      rows = {(r["model"], r["seq_len"]): r for r in map(json.loads, f)}
+  for model in args.models.split(","):
+    for seq_len in map(int, args.seq_lens.split(",")):
+      rows[model, seq_len] = run(model, seq_len)
+      print(json.dumps(rows[model, seq_len]), flush=True)
+      ordered = [rows[k] for k in sorted(rows, key=lambda k: (list(SHAPES).index(k[0]), k[1]))]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in ordered)
   with open(os.path.join(OUT, "train_suite.md"), "w") as f:
-    f.write(table(rows))
-  print(table(rows))
+    f.write(table(ordered))
+  print(table(ordered))
 
 
 if __name__ == "__main__":
