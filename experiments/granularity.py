@@ -6,8 +6,9 @@ sentence units, at matched training FLOPs.
 On the synthetic corpus (its entropy floor is in the table) and, when
 ../shared/data is present, on Shakespeare. Every arm trains for the flat
 model's training FLOPs; hierarchical arms cost less per byte, so they take
-more steps. No paper reports this table; its point is the ordering of the
-granularities on one budget.
+more steps. With the hourglass and spacebyte presets, every preset of
+configs/lm.py appears at demo size on one budget. No paper reports this table;
+its point is the ordering of the granularities on one budget.
 """
 from experiments import common
 from mgm.runner import Arm, Experiment
@@ -36,7 +37,10 @@ def arms_on(data_name: str, data: dict, size: str) -> list[Arm]:
 
 
 def get_experiment(size: str = "cpu") -> Experiment:
-  arms = arms_on("synthetic", {}, size)
+  base = common.overrides(size)
+  arms = arms_on("synthetic", {}, size) + [     # the other presets, on the same budget
+      Arm("synthetic: hourglass preset (fixed:4)", common.preset("hourglass", size), base),
+      Arm("synthetic: spacebyte preset (words)", common.preset("spacebyte", size), base)]
   text = common.shared_text()
   if text and size == "cpu":
     arms += arms_on("shakespeare", text, size)
