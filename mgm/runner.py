@@ -21,7 +21,7 @@ from absl import logging
 from ml_collections.config_flags import config_path
 
 from mgm import flops
-from mgm.errors import ConfigError
+from mgm.errors import ConfigError, WorkdirError
 from mgm.model import spec as spec_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +158,14 @@ def read_summary(directory: str) -> dict | None:
     return None
 
 
+def finished_summary(directory: str) -> dict:
+  summary = read_summary(directory)
+  if summary is None:
+    raise WorkdirError(f"{directory} has no readable summary.json although its run "
+                       "finished; run the experiment again to redo that arm's summary")
+  return summary
+
+
 def status(directory: str, steps: int) -> str:
   """'done' (its summary is at the planned step), 'resume' (a checkpoint) or 'new'."""
   summary = read_summary(directory)
@@ -170,7 +178,7 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
   """Train every arm of the experiment `spec` (skipping finished ones), then write
   the table and plots. Returns {'table': path} or, when a run was preempted,
   {'stopped_by', 'arm'}; with `dry_run`, prints the arms' commands instead."""
-  from mgm import loop, report   # deferred: `--dry_run` needs neither jax nor matplotlib
+  from mgm import loop, report   # deferred: only a run that trains needs them
   experiment = load(spec)
   plans = planned_overrides(experiment)
   workdir = os.path.abspath(workdir)
@@ -190,7 +198,7 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
     result = loop.run(arm_config(arm, plans[arm.name]), directory, "train")
     if "stopped_by" in result:
       return {"stopped_by": result["stopped_by"], "arm": arm.name}
-  rows = [{"arm": arm.name, "paper": arm.paper, **read_summary(arm_dir(workdir, arm))}
+  rows = [{"arm": arm.name, "paper": arm.paper, **finished_summary(arm_dir(workdir, arm))}
           for arm in experiment.arms]
   curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
   command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
