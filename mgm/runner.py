@@ -181,12 +181,12 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
   from mgm import loop, report   # deferred: only a run that trains needs them
   experiment = load(spec)
   plans = planned_overrides(experiment)
+  command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
   workdir = os.path.abspath(workdir)
   if dry_run:
     for arm in experiment.arms:
       print(command(arm, plans[arm.name], arm_dir(workdir, arm)))
-    print(f"# when they are done, the table: python launch.py --experiment={spec} "
-          f"--workdir={workdir}")
+    print(f"# when they are done, the table: {command_line}")
     return {"arms": len(experiment.arms)}
   for i, arm in enumerate(experiment.arms):
     directory, steps = arm_dir(workdir, arm), plans[arm.name]["train.steps"]
@@ -201,5 +201,4 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
   rows = [{"arm": arm.name, "paper": arm.paper, **finished_summary(arm_dir(workdir, arm))}
           for arm in experiment.arms]
   curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
-  command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
   return {"table": report.write(experiment, rows, curves, workdir, command_line)}
