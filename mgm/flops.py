@@ -92,7 +92,7 @@ def peak_flops() -> float:
   return float("nan")   # unknown accelerator: MFU is reported as NaN, not guessed
 
 
-def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+def measured_matmul_flops(size: int = 1024, repeats: int = 10) -> float:
   """The CPU's dense fp32 matmul rate (the 'peak' MFU is held to): the fastest of
   `repeats` timed products, so a busy moment does not lower it."""
   a = jnp.ones((size, size), jnp.float32)
