@@ -99,10 +99,15 @@ def write_csv(path: str, experiment, rows):
     writer.writerows(rows)
 
 
+def colors(n: int) -> list:
+  """n distinct colours (tab10, or tab20 past ten arms)."""
+  cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+  return [cmap(i % cmap.N) for i in range(n)]
+
+
 def plot_curves(path: str, curves: dict, floor: float | None):
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, (name, curve) in enumerate(curves.items()):
-    color = f"C{i % 10}"
+  for color, (name, curve) in zip(colors(len(curves)), curves.items()):
     if curve["train"]:
       ax.plot(*zip(*curve["train"]), color=color, alpha=0.35, linewidth=1)
     if curve["eval"]:
@@ -118,7 +123,7 @@ def plot_curves(path: str, curves: dict, floor: float | None):
 
 def plot_bars(path: str, rows, metric: str, floor: float | None):
   fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows)), 4))
-  ax.bar(range(len(rows)), [r[metric] for r in rows], color=[f"C{i % 10}" for i in range(len(rows))])
+  ax.bar(range(len(rows)), [r[metric] for r in rows], color=colors(len(rows)))
   ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right", fontsize=8)
   if floor:
     ax.axhline(floor, color="k", linestyle="--", linewidth=1, label="entropy floor")
