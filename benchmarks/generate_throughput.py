@@ -82,7 +82,10 @@ def write(rows):
   os.makedirs(OUT, exist_ok=True)
   with open(os.path.join(OUT, "generate.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  lines = ["| model | params | batch | cached tokens/s | recompute tokens/s | cached / recompute |",
+  lines = ["Generation of 2048 new bytes (greedy, after a 2-byte prompt) on "
+           f"{jax.default_backend()}: `python -m benchmarks.generate_throughput`. Shapes as in "
+           "train_suite (megabyte: dims 256,256, depths 4,2, patch 8, 4 heads of 64).", "",
+           "| model | params | batch | cached tokens/s | recompute tokens/s | cached / recompute |",
            "|---|---|---|---|---|---|"]
   lines += [f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
             f"{r['cached_tokens_per_sec']:,.0f} | {r['recompute_tokens_per_sec']:,.1f} | "
