@@ -6,7 +6,6 @@
                    [--dry_run]
 """
 import logging as std_logging
-import os
 import sys
 
 from absl import app, flags, logging

@@ -14,7 +14,6 @@ benchmarks/results/generate.{jsonl,md}.
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,6 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 from benchmarks.common import emit, model_config, peak_rss_gib, time_calls
 from mgm.data import pipeline

@@ -4,8 +4,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from tqdm import tqdm
 

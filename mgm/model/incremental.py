@@ -184,7 +184,7 @@ def prefill(model: LM, params, tokens, lengths):
   Returns (logits [B, S, V], state): logits[b, lengths[b]] is the next-token
   prediction, and `state` continues from there.
   """
-  spec, levels = model.spec, model.spec.levels
+  levels = model.spec.levels
   n, (b, s) = len(levels), tokens.shape
   out, variables = model.apply({"params": params}, tokens, method=LM.forward,
                                mutable=["intermediates"])
