@@ -8,6 +8,8 @@ from mgm.metrics import set_aside, write_json
 # Sections that fix the shapes of parameters and data: a run cannot continue
 # in a workdir whose saved config differs in these.
 SHAPE_SECTIONS = ("model", "data")
+# ...except these, which change how a step is computed, not what it computes.
+COMPUTE_ONLY_FIELDS = ("model.remat", "model.remat_policy", "model.attention_impl")
 
 
 def config_to_dict(config) -> dict:
@@ -39,7 +41,8 @@ def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)
     changed = _diff(old, new)
-    clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS]
+    clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS
+               and p not in COMPUTE_ONLY_FIELDS]
     if clashes:
       raise WorkdirError(
           f"workdir {workdir!r} holds a run whose config differs in "

@@ -47,6 +47,9 @@ INVALID = [
     ({"model.levels[0].width": 0}, "model.levels[0].width"),
     ({"model.levels[0].span": "diagonal"}, "model.levels[0].span"),
     ({"model.dtype": "float8"}, "model.dtype"),
+    ({"model.attention_impl": "flash"}, "model.attention_impl"),
+    ({"model.attention_impl": "cudnn"}, "model.attention_impl"),   # float32 / no GPU
+    ({"model.remat_policy": "some"}, "model.remat_policy"),
     ({"sample.num_samples": 0}, "sample.num_samples"),
     ({"sample.strategy": "nucleus"}, "sample.strategy"),
     ({"sample.temperature": -1.0}, "sample.temperature"),

@@ -39,7 +39,8 @@ class LM(nn.Module):
     dtype = spec.compute_dtype
     stack = lambda i, depth, name: Stack(
         depth, levels[i].width, levels[i].heads, spec.mlp_ratio, self._span(i),
-        spec.rope_base, spec.qk_norm, spec.remat, dtype, self._unit_window(i), name=name)
+        spec.rope_base, spec.qk_norm, spec.remat, dtype, self._unit_window(i),
+        spec.attention_impl, spec.remat_policy, name=name)
     self.embed = Embed(spec.vocab_size, levels[-1].width, dtype, name="embed")
     self.generators = [stack(i, l.depth, f"level_{i}") for i, l in enumerate(levels)]
     self.pre_layers = [stack(i, l.pre_layers, f"pre_{i}") if l.pre_layers else None

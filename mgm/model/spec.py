@@ -6,11 +6,14 @@ the config field and the fix, before anything is compiled.
 """
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from mgm.errors import ConfigError
 from mgm.model import segment
+from mgm.nn.attention import ATTENTION_IMPLS
 from mgm.nn.pooling import POOLS
+from mgm.nn.transformer import REMAT_POLICIES
 
 AUX_LOSSES = ("", "bag", "first")
 
@@ -42,7 +45,9 @@ class ModelSpec:
   rope_base: float = 10_000.0
   qk_norm: bool = False
   remat: bool = False
+  remat_policy: str = "full"      # full | save_dots (mgm/nn/transformer.py)
   dtype: str = "float32"
+  attention_impl: str = "auto"    # auto | xla | cudnn (mgm/nn/attention.py)
 
   @property
   def compute_dtype(self):
@@ -163,10 +168,29 @@ def from_config(model_cfg) -> ModelSpec:
   _positive(model_cfg.mlp_ratio, "model.mlp_ratio")
   if model_cfg.dtype not in ("float32", "bfloat16", "float16"):
     raise ConfigError("model.dtype", f"{model_cfg.dtype!r}; use float32, bfloat16 or float16")
+  check_attention_impl(model_cfg.attention_impl, model_cfg.dtype)
+  if model_cfg.remat_policy not in REMAT_POLICIES:
+    raise ConfigError("model.remat_policy", f"{model_cfg.remat_policy!r}; use one of "
+                      f"{tuple(REMAT_POLICIES)}")
   return ModelSpec(
       vocab_size=model_cfg.vocab_size,
       levels=tuple(level_from_config(l, i, coarse=i < len(levels) - 1)
                    for i, l in enumerate(levels)),
       mlp_ratio=model_cfg.mlp_ratio, rope_base=float(model_cfg.rope_base),
       qk_norm=bool(model_cfg.qk_norm), remat=bool(model_cfg.remat),
-      dtype=model_cfg.dtype)
+      remat_policy=model_cfg.remat_policy, dtype=model_cfg.dtype,
+      attention_impl=model_cfg.attention_impl)
+
+
+def check_attention_impl(impl: str, dtype: str):
+  """cuDNN's fused (flash) attention runs on NVIDIA GPUs in bfloat16/float16 only."""
+  if impl not in ATTENTION_IMPLS:
+    raise ConfigError("model.attention_impl", f"{impl!r}; use one of {ATTENTION_IMPLS}")
+  if impl != "cudnn":
+    return
+  if jax.default_backend() != "gpu":
+    raise ConfigError("model.attention_impl", "cudnn needs an NVIDIA GPU, and this job "
+                      f"runs on {jax.default_backend()}; use auto or xla")
+  if dtype == "float32":
+    raise ConfigError("model.attention_impl", "cudnn attention needs model.dtype=bfloat16 "
+                      "or float16; use auto or xla for float32")

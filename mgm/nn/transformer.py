@@ -33,13 +33,14 @@ class Block(nn.Module):
   qk_norm: bool = False
   dtype: Dtype = jnp.float32
   unit_window: int | None = None
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None):
     """Teacher-forced -> x; incremental (`cache`, see SelfAttention) -> (x, cache)."""
     h = RMSNorm(dtype=self.dtype, name="attn_norm")(x)
     attn = SelfAttention(self.width, self.heads, self.span, self.rope_base, self.qk_norm,
-                         self.dtype, self.unit_window, name="attn")
+                         self.dtype, self.unit_window, self.attention_impl, name="attn")
     if cache is None:
       x = x + attn(h, positions, unit_ids)
     else:
@@ -51,8 +52,15 @@ class Block(nn.Module):
     return x if cache is None else (x, cache)
 
 
+# model.remat_policy -> what the backward pass keeps of a block's forward
+# (None: only its input, everything else is recomputed).
+REMAT_POLICIES = {"full": None,
+                  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Stack(nn.Module):
-  """`depth` causal blocks; `remat` recomputes activations in the backward pass."""
+  """`depth` causal blocks; `remat` recomputes activations in the backward pass,
+  all of them (`remat_policy` 'full') or all but the matmul outputs ('save_dots')."""
   depth: int
   width: int
   heads: int
@@ -63,15 +71,19 @@ class Stack(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   unit_window: int | None = None
+  attention_impl: str = "auto"
+  remat_policy: str = "full"
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None):
     """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches)."""
-    block = nn.remat(Block) if self.remat and caches is None else Block
+    remat = self.remat and caches is None
+    block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy]) if remat else Block
     new_caches = []
     for i in range(self.depth):
       layer = block(self.width, self.heads, self.mlp_ratio, self.span, self.rope_base,
-                    self.qk_norm, self.dtype, self.unit_window, name=f"block_{i}")
+                    self.qk_norm, self.dtype, self.unit_window, self.attention_impl,
+                    name=f"block_{i}")
       if caches is None:
         x = layer(x, positions, unit_ids)
       else:

@@ -1,0 +1,84 @@
+"""How a step is computed (attention kernel, remat) never changes what it computes.
+
+The cuDNN comparison needs an NVIDIA GPU; it is skipped elsewhere (run it with
+`JAX_PLATFORMS=cuda python -m pytest tests/test_compute.py` on one).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import lm as lm_configs
+from mgm.errors import ConfigError
+from mgm.model import spec as spec_lib
+from mgm.model.lm import LM
+from mgm.nn.attention import fused_impl
+from mgm.train import init_params, loss_fn
+from mgm.workdir import check_and_save_config
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def test_auto_picks_cudnn_only_on_gpu_in_half_precision():
+  for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+    expected = "cudnn" if ON_GPU and dtype != jnp.float32 else "xla"
+    assert fused_impl("auto", dtype) == expected
+  assert fused_impl("xla", jnp.bfloat16) == "xla"
+
+
+def test_cudnn_is_refused_off_gpu_or_in_float32():
+  config = lm_configs.get_config("tiny")
+  config.model.attention_impl = "cudnn"
+  with pytest.raises(ConfigError, match="bfloat16" if ON_GPU else "NVIDIA GPU"):
+    spec_lib.from_config(config.model)
+
+
+def test_a_run_can_resume_with_another_kernel_or_remat_but_not_another_shape(tmp_path):
+  config = lm_configs.get_config("tiny")
+  check_and_save_config(str(tmp_path), config)
+  config.model.update(attention_impl="xla", remat=True)
+  check_and_save_config(str(tmp_path), config)          # accepted
+  config.model.levels[0].width = 32
+  with pytest.raises(Exception, match=r"model\.levels\[0\]\.width"):
+    check_and_save_config(str(tmp_path), config)
+
+
+def loss_and_grads(config, tokens):
+  model = LM(spec_lib.from_config(config.model))
+  params = init_params(model, jax.random.key(0), tokens.shape)
+  batch = {"tokens": tokens, "mask": np.ones_like(tokens, np.float32),
+           "segment_ids": np.ones_like(tokens)}
+  return jax.jit(jax.value_and_grad(lambda p: loss_fn(p, model, batch)[0]))(params)
+
+
+@pytest.mark.parametrize("model", ["flat", "megabyte"])
+def test_remat_policies_give_the_same_loss_and_gradients(model):
+  config = lm_configs.get_config(f"model={model},size=tiny")
+  tokens = np.random.default_rng(0).integers(0, 256, size=(2, 64)).astype(np.int32)
+  reference = loss_and_grads(config, tokens)
+  for policy in ("full", "save_dots"):
+    config.model.update(remat=True, remat_policy=policy)
+    loss, grads = loss_and_grads(config, tokens)
+    np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(reference[1]), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("model", ["flat", "hourglass"])
+def test_cudnn_attention_matches_xla_in_loss_and_gradients(model):
+  config = lm_configs.get_config(f"model={model},size=tiny")
+  config.data.seq_len = 256
+  config.model.dtype = "bfloat16"
+  for level in config.model.levels:
+    level.update(width=128, heads=2)          # head dim 64, as in the presets
+  tokens = np.random.default_rng(0).integers(0, 256, size=(4, 256)).astype(np.int32)
+  results = []
+  for impl in ("xla", "cudnn"):
+    config.model.attention_impl = impl
+    results.append(loss_and_grads(config, tokens))
+  (loss_xla, grads_xla), (loss_cudnn, grads_cudnn) = results
+  np.testing.assert_allclose(loss_cudnn, loss_xla, rtol=1e-2)
+  for a, b in zip(jax.tree.leaves(grads_xla), jax.tree.leaves(grads_cudnn)):
+    scale = float(jnp.abs(a).max()) + 1e-6
+    assert float(jnp.abs(a - b).max()) / scale < 5e-2
