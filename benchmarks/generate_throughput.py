@@ -12,6 +12,7 @@ as in benchmarks/train_suite.py (equal within 10%). Writes
 benchmarks/results/generate.{jsonl,md}.
 """
 import argparse
+import datetime
 import json
 import os
 
@@ -82,7 +83,8 @@ def write(rows):
   with open(os.path.join(OUT, "generate.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
   lines = ["Generation of 2048 new bytes (greedy, after a 2-byte prompt) on "
-           f"{jax.default_backend()}: `python -m benchmarks.generate_throughput`. Shapes as in "
+           f"{jax.default_backend()} ({os.cpu_count()} cores), {datetime.date.today()}: "
+           "`python -m benchmarks.generate_throughput`. Shapes as in "
            "train_suite (megabyte: dims 256,256, depths 4,2, patch 8, 4 heads of 64).", "",
            "| model | params | batch | cached tokens/s | recompute tokens/s | cached / recompute |",
            "|---|---|---|---|---|---|"]

@@ -10,8 +10,10 @@ quadratically: the table gives each model's time per sequence at 16384 over
 1024 (16 = linear; flat full attention is far above).
 """
 import argparse
+import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -41,21 +43,29 @@ def run(model, seq_len):
 
 
 def table(rows):
-  lines = ["| model | params | seq_len | batch | tokens/s | s/sequence | XLA peak GiB | peak RSS GiB |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [f"Training throughput and peak memory, parameters equal within 10%, 8192 tokens a "
+           f"step (one sequence of 16384; flat there with remat): `python -m "
+           f"benchmarks.train_suite`, {os.cpu_count()}-core {platform.machine()} CPU, "
+           f"{datetime.date.today()}.", "",
+           "| model | params | seq_len | batch | tokens/s | s/sequence | MFU | XLA peak GiB "
+           "| peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if "error" in r:
-      lines.append(f"| {r['model']} | | {r['seq_len']} | | error: {r['error'][:80]} | | | |")
+      lines.append(f"| {r['model']} | | {r['seq_len']} | | error: {r['error'][:80]} | | | | |")
       continue
     lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['seq_len']} | {r['batch']} | "
                  f"{r['tokens_per_sec']:,.0f} | {r['seconds_per_sequence']:.3f} | "
-                 f"{r['xla_peak_gib']:.2f} | {r['peak_rss_gib']:.2f} |")
+                 f"{r['mfu']:.0%} | {r['xla_peak_gib']:.2f} | {r['peak_rss_gib']:.2f} |")
   lines += ["", "| model | s/sequence at 16384 / at 1024 (16 = linear) |", "|---|---|"]
   for model in SHAPES:
     by_len = {r["seq_len"]: r for r in rows if r["model"] == model and "error" not in r}
     if 1024 in by_len and 16384 in by_len:
       ratio = by_len[16384]["seconds_per_sequence"] / by_len[1024]["seconds_per_sequence"]
       lines.append(f"| {model} | {ratio:.1f} |")
+  probes = sorted(r["peak_gflops"] for r in rows if "peak_gflops" in r)
+  if probes:
+    lines += ["", f"MFU is held to the machine's fp32 matmul probe, {probes[0]:.0f} to "
+              f"{probes[-1]:.0f} GFLOP/s over these runs (mgm/flops.py)."]
   return "\n".join(lines) + "\n"
 
 

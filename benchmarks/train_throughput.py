@@ -14,6 +14,7 @@ import time
 import jax
 
 from benchmarks.common import emit, model_config, peak_rss_gib, time_calls
+from mgm import flops
 from mgm.data import pipeline
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
@@ -51,6 +52,7 @@ def main():
   mem = compiled.memory_analysis()
   seconds, (_, metrics) = time_calls(compiled, state, batch, repeats=args.steps)
   tokens = args.batch * args.seq_len
+  flops_per_token = flops.train_flops_per_token(spec, args.seq_len)
   emit({"bench": "train", "model": args.model, "dims": dims, "depths": depths,
         "heads": args.heads, "patch": args.patch, "seq_len": args.seq_len,
         "batch": args.batch, "remat": args.remat, "params": param_count(state.params),
@@ -60,6 +62,9 @@ def main():
         "xla_peak_gib": round((mem.argument_size_in_bytes + mem.temp_size_in_bytes
                                + mem.output_size_in_bytes) / 2**30, 3),
         "peak_rss_gib": round(peak_rss_gib(), 3), "backend": jax.default_backend(),
+        # the machine's speed that day: MFU and the matmul probe it is held to
+        "mfu": round(flops.utilization(tokens / seconds, flops_per_token)["mfu"], 3),
+        "peak_gflops": round(flops.peak_flops() / 1e9, 1),
         "devices": jax.device_count()})
 
 

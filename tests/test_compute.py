@@ -51,9 +51,9 @@ def loss_and_grads(config, tokens):
   return jax.jit(jax.value_and_grad(lambda p: loss_fn(p, model, batch)[0]))(params)
 
 
-@pytest.mark.parametrize("model", ["flat", "megabyte"])
-def test_remat_policies_give_the_same_loss_and_gradients(model):
-  config = lm_configs.get_config(f"model={model},size=tiny")
+def test_remat_policies_give_the_same_loss_and_gradients():
+  """Every level's generator is the same Stack, so the flat model covers them."""
+  config = lm_configs.get_config("tiny")
   tokens = np.random.default_rng(0).integers(0, 256, size=(2, 64)).astype(np.int32)
   reference = loss_and_grads(config, tokens)
   for policy in ("full", "save_dots"):
