@@ -124,6 +124,7 @@ def base_config():
   c.train = mlc.ConfigDict()
   c.train.steps = 200
   c.train.batch_size = 16               # global batch, in sequences
+  c.train.grad_accum = 1                # micro-batches per step (activation memory / this)
   c.train.lr = 3e-3
   c.train.warmup_steps = 20
   c.train.min_lr_ratio = 0.1

@@ -47,7 +47,7 @@ class Run:
     shape = (config.train.batch_size, config.data.seq_len)
     init = layout.jit(lambda rng: init_state(model, tx, rng, shape), out_shardings=layout.state)
     return cls(config, workdir, model, tx, schedule, init(jax.random.key(config.seed)), layout,
-               layout.train_step(make_train_step(model, tx)),
+               layout.train_step(make_train_step(model, tx, config.train.grad_accum)),
                layout.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 

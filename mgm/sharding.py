@@ -206,13 +206,17 @@ def _lower(layout, jitted, args):
     return jitted.lower(*args)
 
 
-def _check_batch(batch_size: int, spec: P, mesh: Mesh):
+def _check_batch(batch_size: int, spec: P, mesh: Mesh, grad_accum: int = 1):
   axes = () if spec[0] is None else (spec[0],) if isinstance(spec[0], str) else spec[0]
   parallel = math.prod(mesh.shape[a] for a in axes)
   if batch_size % parallel:
     raise ConfigError("train.batch_size", f"the global batch {batch_size} must be a multiple "
                       f"of the data-parallel size {parallel} (mesh axes {' * '.join(axes)} "
                       f"of mesh {dict(mesh.shape)})")
+  if (batch_size // grad_accum) % parallel:
+    raise ConfigError("train.grad_accum", f"a micro-batch of {batch_size} // {grad_accum} "
+                      f"sequences does not split over the data-parallel size {parallel}; "
+                      "lower train.grad_accum or raise train.batch_size")
 
 
 def make_layout(config, model, tx, mesh: Mesh) -> Layout:
@@ -223,7 +227,7 @@ def make_layout(config, model, tx, mesh: Mesh) -> Layout:
   rules = check_rules(config.mesh.rules)
   shape = (config.train.batch_size, config.data.seq_len)
   batch_spec = nn.logical_to_mesh_axes(BATCH_AXES, rules)
-  _check_batch(shape[0], batch_spec, mesh)
+  _check_batch(shape[0], batch_spec, mesh, config.train.grad_accum)
   key = jax.random.key(0)
   boxed = jax.eval_shape(lambda r: init_params(model, r, shape), key)
   abstract = jax.eval_shape(lambda r: init_state(model, tx, r, shape), key)
@@ -256,7 +260,7 @@ def aot_memory_report(config, mesh: Mesh) -> dict:
   model = LM(spec_lib.from_config(config.model))
   tx, _ = make_optimizer(config.train)
   layout = make_layout(config, model, tx, mesh)
-  step = layout.train_step(make_train_step(model, tx))
+  step = layout.train_step(make_train_step(model, tx, config.train.grad_accum))
   start = time.perf_counter()
   compiled = step.lower(layout.abstract_state, layout.abstract_batch(config.data.seq_len)
                         ).compile()

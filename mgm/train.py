@@ -66,12 +66,50 @@ def loss_fn(params, model: LM, batch):
   return total, {"loss": token_ce, "tokens": count, **aux}
 
 
-def make_train_step(model: LM, tx):
-  """(state, batch) -> (state, metrics); pure, for jax.jit."""
+# Metrics that add up over micro-batches; the others are token-weighted means.
+SUMMED_METRICS = ("tokens", "unit_overflow")
+
+
+def micro_batches(batch, accum: int):
+  """[B, ...] -> [accum, B/accum, ...]; micro-batch a holds rows a, a+accum, ...,
+  so each device's rows of the global batch split evenly over the micro-batches
+  (no data moves between devices)."""
+  def split(x):
+    x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, batch)
+
+
+def accumulated_grads(params, model: LM, batch, accum: int):
+  """Loss, metrics and gradients of the global batch, computed `accum` micro-batches
+  at a time (activation memory / accum). Each micro-batch is weighted by its share
+  of the batch's tokens, so the token loss and its gradient equal one pass's."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum == 1:
+    (total, metrics), grads = grad_fn(params, model, batch)
+    return total, metrics, grads
+  micro = micro_batches(batch, accum)
+  all_tokens = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+
+  def add(carry, one):
+    (total, metrics), grads = grad_fn(params, model, one)
+    weight = metrics["tokens"] / all_tokens
+    metrics = {k: v if k in SUMMED_METRICS else weight * v for k, v in metrics.items()}
+    weighted = ((weight * total, metrics), jax.tree.map(lambda g: weight * g, grads))
+    return jax.tree.map(jnp.add, carry, weighted), None
+
+  shapes = jax.eval_shape(lambda: grad_fn(params, model, jax.tree.map(lambda x: x[0], micro)))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  ((total, metrics), grads), _ = jax.lax.scan(add, zeros, micro)
+  return total, metrics, grads
+
+
+def make_train_step(model: LM, tx, grad_accum: int = 1):
+  """(state, batch) -> (state, metrics); pure, for jax.jit. `grad_accum` > 1 runs
+  the batch as that many micro-batches and applies one update."""
 
   def train_step(state: TrainState, batch):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (total, metrics), grads = grad_fn(state.params, model, batch)
+    total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     # Refuse the update (keep params and optimizer state) when units overflow

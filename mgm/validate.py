@@ -11,7 +11,7 @@ from mgm.model import spec as spec_lib
 SOURCES = ("synthetic", "text", "tfds")
 
 POSITIVE_INTS = (
-    "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size",
+    "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size", "train.grad_accum",
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
     "eval.prompt_tokens", "eval.new_tokens")
@@ -92,6 +92,9 @@ def _validate_train(train):
     beta = train[name]
     if not _is_number(beta) or not 0.0 <= beta < 1.0:
       raise ConfigError(f"train.{name}", f"an Adam beta must lie in [0, 1), got {beta!r}")
+  if train.batch_size % train.grad_accum:
+    raise ConfigError("train.grad_accum", f"{train.grad_accum} does not divide "
+                      f"train.batch_size={train.batch_size} into equal micro-batches")
   if train.min_lr_ratio > 1.0:
     raise ConfigError("train.min_lr_ratio", f"{train.min_lr_ratio} > 1 would decay the "
                       "learning rate upwards; use a fraction of train.lr in [0, 1]")

@@ -1,4 +1,5 @@
-"""How a step is computed (attention kernel, remat) never changes what it computes.
+"""How a step is computed (attention kernel, remat, gradient accumulation) never
+changes what it computes.
 
 The cuDNN comparison needs an NVIDIA GPU; it is skipped elsewhere (run it with
 `JAX_PLATFORMS=cuda python -m pytest tests/test_compute.py` on one).
@@ -13,7 +14,8 @@ from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.nn.attention import fused_impl
-from mgm.train import init_params, loss_fn
+from mgm.data import pipeline
+from mgm.train import init_params, init_state, loss_fn, make_optimizer, make_train_step
 from mgm.workdir import check_and_save_config
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -62,6 +64,35 @@ def test_remat_policies_give_the_same_loss_and_gradients():
     np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(reference[1]), jax.tree.leaves(grads)):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def train_steps(config, batches, grad_accum):
+  """Parameters and per-step gradient norms after one step per batch."""
+  model = LM(spec_lib.from_config(config.model))
+  tx, _ = make_optimizer(config.train)
+  state = init_state(model, tx, jax.random.key(0), batches[0]["tokens"].shape)
+  step = jax.jit(make_train_step(model, tx, grad_accum))
+  norms = []
+  for batch in batches:
+    state, metrics = step(state, batch)
+    norms.append(float(metrics["grad_norm"]))
+  return state.params, norms
+
+
+@pytest.mark.parametrize("model,rtol", [("flat", 1e-5), ("megabyte", 1e-5), ("mgm3", 1e-3)])
+def test_gradient_accumulation_equals_one_pass_over_the_batch(model, rtol):
+  """Exact for the token loss, whatever the micro-batches' token counts; mgm3's
+  auxiliary loss (a mean over units) is weighted by token share, so only close."""
+  config = lm_configs.get_config(f"model={model},size=tiny")
+  data = pipeline.make_dataset(config.data, "train", batch_size=8, seed=0)
+  batches = [b for _, b in zip(range(3), data)]
+  batches[0]["mask"][:3, 40:] = 0                     # micro-batches of unequal tokens
+  params, norms = train_steps(config, batches, 1)
+  for accum in (2, 4):
+    params_accum, norms_accum = train_steps(config, batches, accum)
+    np.testing.assert_allclose(norms_accum, norms, rtol=rtol)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_accum)):
+      np.testing.assert_allclose(b, a, rtol=10 * rtol, atol=10 * rtol)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN attention needs an NVIDIA GPU")

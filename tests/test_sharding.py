@@ -154,6 +154,26 @@ def test_a_batch_the_data_parallel_size_does_not_divide_names_the_field():
   assert e.value.field == "train.batch_size"
 
 
+def test_micro_batches_the_data_parallel_size_does_not_divide_name_the_field():
+  config = tiny_config((8, 1, 1))
+  config.train.update(batch_size=16, grad_accum=4)   # micro-batches of 4 on 8 devices
+  with pytest.raises(ConfigError, match="data-parallel size 8") as e:
+    Run.create(config, "")
+  assert e.value.field == "train.grad_accum"
+
+
+def test_gradient_accumulation_on_a_mesh_trains_like_one_pass_on_one_device(
+    one_device, batches):
+  """Batch 8 as 2 micro-batches of 4 on a (2, 2, 2) mesh: each device keeps its rows."""
+  config = tiny_config(MESHES["2x2x2"])
+  config.train.grad_accum = 2
+  losses, state, _ = train(config, jax.devices(), batches)
+  ref_losses, ref_state, _ = one_device
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               state.params, ref_state.params)
+
+
 def test_a_rule_naming_an_unknown_mesh_axis_names_the_field():
   config = tiny_config()
   config.mesh.rules = config.mesh.rules + (("embed", "fsdpp"),)

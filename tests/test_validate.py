@@ -24,6 +24,8 @@ INVALID = [
     ({"data.val_fraction": 1.0}, "data.val_fraction"),
     ({"train.steps": 0}, "train.steps"),
     ({"train.batch_size": -8}, "train.batch_size"),
+    ({"train.grad_accum": 0}, "train.grad_accum"),
+    ({"train.grad_accum": 3}, "train.grad_accum"),                # 16 sequences
     ({"train.log_every": 0}, "train.log_every"),
     ({"train.eval_every": -1}, "train.eval_every"),
     ({"train.eval_batches": 0}, "train.eval_batches"),
