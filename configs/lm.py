@@ -15,9 +15,10 @@ Presets, chosen by the argument after the colon: a size (the flat model), or
          one accelerator (days on a CPU).
          python launch.py --config=configs/lm.py:small --workdir=runs/small
   base   14 layers, width 768, sequence 8192: ~100M parameters, bfloat16;
-         an accelerator run: 8 GPUs (8 sequences each, 28 GiB per GPU;
-         --config.model.remat=True for 4.7 GiB), 0.21 s a step at 36% MFU
-         on an H200 (benchmarks/results/mfu.md), about 3 hours for 50k steps.
+         an accelerator run: batch 64 on 8 GPUs (8 sequences each, 28 GiB
+         per GPU; --config.model.remat=True for 4.7 GiB), 0.21 s a step at
+         36% MFU on an H200 (benchmarks/results/mfu.md), about 3 hours for
+         50k steps; on one GPU, --config.train.grad_accum=8 (8x as long).
          python launch.py --config=configs/lm.py:base --workdir=runs/base
 
 Any field can be overridden: --config.train.steps=100 --config.data.seq_len=512
