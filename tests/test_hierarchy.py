@@ -28,8 +28,9 @@ def levels_config(*levels):
   return [mlc.ConfigDict(l) for l in levels]
 
 
-def two_level(units, pool, span="parent", **token):
-  coarse = dict(width=32, depth=1, heads=2, units=units, pool=pool, max_len=0, max_units=48)
+def two_level(units, pool, span="parent", upsample="repeat", **token):
+  coarse = dict(width=32, depth=1, heads=2, units=units, pool=pool, max_len=0, max_units=48,
+                upsample=upsample)
   if not units.startswith("fixed"):
     coarse["max_len"] = 6
   return levels_config(coarse, dict(width=32, depth=1, heads=2, span=span, **token))
@@ -55,6 +56,11 @@ CASES = {
         dict(width=32, depth=1, heads=2, units="fixed:4", pool="concat", span="parent",
              pre_layers=1),
         dict(width=32, depth=1, heads=2, span="parent")),
+    "3-level-fixed-linear-upsampling": levels_config(
+        dict(width=32, depth=1, heads=2, units="fixed:16", pool="mean", upsample="linear"),
+        dict(width=16, depth=1, heads=2, units="fixed:4", pool="attention", span="parent",
+             upsample="linear"),
+        dict(width=24, depth=1, heads=2, span="parent")),
     "3-level-sentence-over-fixed": levels_config(
         dict(width=32, depth=1, heads=2, units="sentence", pool="mean", max_len=12,
              max_units=48, aux_loss="first", aux_weight=0.5),
@@ -176,6 +182,7 @@ def test_new_boundary_positions_do_not_recompile():
 
 @pytest.mark.parametrize("levels,seq_len,field", [
     (two_level("word", "concat"), 48, r"model\.levels\[0\]\.pool"),
+    (two_level("word", "mean", upsample="linear"), 48, r"model\.levels\[0\]\.upsample"),
     (two_level("fixed:5", "mean"), 48, r"data\.seq_len"),
     (levels_config(dict(width=30, depth=1, heads=4)), 48, r"model\.levels\[0\]\.heads"),
     (levels_config(dict(width=32, depth=1, heads=2, units="word", pool="mean"),

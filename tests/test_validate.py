@@ -60,6 +60,7 @@ INVALID = [
     ({"eval.prompt_tokens": 200, "eval.new_tokens": 100}, "eval.new_tokens"),
     ({"eval.continuations": -1}, "eval.continuations"),
     ({"model.levels[0].pool": "max"}, "model.levels[0].pool"),
+    ({"model.levels[0].upsample": "nearest"}, "model.levels[0].upsample"),
 ]
 
 

@@ -42,8 +42,14 @@ class Parts:
   def embed(self, tokens):
     return self.pure(self.lm.embed)(tokens)
 
-  def context(self, i, ctx):      # level i-1 context [B, D] -> level i width
-    return self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]
+  def context(self, i, ctx, child):
+    """Level i-1 context [B, D] -> the input added to its child number `child` [B]
+    (counted over the whole level; linear upsampling picks child % P's projection)."""
+    out = self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]      # [B, (P,) D_i]
+    if out.ndim == 2:
+      return out
+    slot = (child % out.shape[1])[:, None, None]
+    return jnp.take_along_axis(out, slot, axis=1)[:, 0]
 
   def pool(self, i, method):
     return self.pure(self.lm.pools[i], method)
@@ -259,7 +265,7 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close):
         jnp.where(close, parent_closed, parent_of_slot[rows, slot]))
 
   def step_level(caches):
-    x = down if parent_ctx is None else down + parts.context(i, parent_ctx)
+    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, closed)
     mask, pos = unit_layout(level, closed, parent_of_slot, parent_of_slot.shape[1])
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
@@ -296,7 +302,7 @@ def step(model: LM, params, state, token):
   tok_unit = state["tok_unit"]
   if n > 1:
     tok_unit = tok_unit.at[jnp.arange(t.shape[0]), nxt].set(parent_closed)
-  x = h if parent_ctx is None else h + parts.context(n - 1, parent_ctx)
+  x = h if parent_ctx is None else h + parts.context(n - 1, parent_ctx, nxt)
   mask, pos = token_layout(model, nxt, tok_unit, slots)
   out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
   logits = parts.logits(out[:, None])[:, 0]

@@ -51,15 +51,24 @@ class LM(nn.Module):
     self.starts = [self.param(f"start_{i}", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("embed",)), (l.width,), jnp.float32)
                    for i, l in enumerate(coarse)]
-    self.contexts = [Linear((levels[i - 1].width, levels[i].width), ("mlp", "embed"),
-                            dtype=dtype, name=f"context_{i}")          # bld,de->ble
-                     for i in range(1, len(levels))]
+    self.contexts = [self._context_projection(i, dtype) for i in range(1, len(levels))]
     self.aux_heads = {i: Linear((l.width, spec.vocab_size), ("embed", "vocab"),
                                 dtype=dtype, name=f"aux_head_{i}")     # bnd,dv->bnv
                       for i, l in enumerate(coarse) if l.aux_loss}
     self.final_norm = RMSNorm(dtype=dtype, name="final_norm")
     self.unembed = Linear((levels[-1].width, spec.vocab_size), ("embed", "vocab"),
                           dtype=dtype, name="unembed")                 # btd,dv->btv
+
+  def _context_projection(self, i, dtype):
+    """Level i-1 context -> level i inputs: one projection for every child
+    (bnd,de->bne, repeated), or with linear upsampling one per child position
+    (bnd,dpe->bnpe)."""
+    parent, child = self.spec.levels[i - 1], self.spec.levels[i]
+    if parent.upsample == "linear":
+      return Linear((parent.width, self._patch(i - 1), child.width), ("mlp", None, "embed"),
+                    dtype=dtype, name=f"context_{i}")
+    return Linear((parent.width, child.width), ("mlp", "embed"), dtype=dtype,
+                  name=f"context_{i}")
 
   # -- layout helpers --------------------------------------------------------
 
@@ -107,13 +116,18 @@ class LM(nn.Module):
     pos = jnp.broadcast_to(jnp.arange(length), (b, length))
     return stack(x, pos, unit_ids)
 
-  def _upsample(self, ctx, i, seg, length):
-    """Context of level i-1 units -> each element of level i. [B, length, D]"""
+  def _upsample(self, ctx, i, seg):
+    """Context of level i-1 units [B, N, D_{i-1}] -> what each element of level i
+    adds to its input [B, L, D_i]."""
+    project = self.contexts[i - 1]
+    if self.spec.levels[i - 1].upsample == "linear":
+      out = project(ctx)                                      # [B, N, P, D_i]
+      return out.reshape(out.shape[0], -1, out.shape[-1])
     p = self._patch(i - 1)
     if p:
-      return jnp.repeat(ctx, p, axis=1)
+      return project(jnp.repeat(ctx, p, axis=1))
     parents = jnp.clip(seg.parents(i - 1), 0, ctx.shape[1] - 1)
-    return jnp.take_along_axis(ctx, parents[..., None], axis=1)
+    return project(jnp.take_along_axis(ctx, parents[..., None], axis=1))
 
   # -- forward ---------------------------------------------------------------
 
@@ -148,7 +162,7 @@ class LM(nn.Module):
       first = self.embed(jnp.full((1, 1), BOS)) if i == n - 1 else self.starts[i]
       x = shift_right(down[i], first)                          # the one-unit shift
       if ctx is not None:
-        x = x + self.contexts[i - 1](self._upsample(ctx, i, seg, sizes[i]))
+        x = x + self._upsample(ctx, i, seg)
       ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg)
       contexts.append(ctx)
 

@@ -16,6 +16,7 @@ from mgm.nn.pooling import POOLS
 from mgm.nn.transformer import REMAT_POLICIES
 
 AUX_LOSSES = ("", "bag", "first")
+UPSAMPLES = ("repeat", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,10 @@ class LevelSpec:
   """One level. Coarse levels (all but the last) also say how their units are
   made: `units` (segmenter), `max_len` (tokens; forces a boundary), `max_units`
   (static bound per sequence; derived for fixed units), `pool` (children ->
-  unit vector) and an optional auxiliary loss on their context vectors."""
+  unit vector), `upsample` (unit context -> its children: `repeat` gives every
+  child the same projection, `linear` one projection per child position, as
+  Hourglass's linear upsampling; fixed units only) and an optional auxiliary
+  loss on their context vectors."""
   width: int
   depth: int
   heads: int
@@ -33,6 +37,7 @@ class LevelSpec:
   max_len: int = 0
   max_units: int = 0
   pool: str = "mean"           # concat | mean | attention | last
+  upsample: str = "repeat"     # repeat | linear: how its context reaches its children
   aux_loss: str = ""           # '' | bag | first
   aux_weight: float = 0.0
 
@@ -116,6 +121,9 @@ def level_from_config(cfg, i, coarse: bool) -> LevelSpec:
     _non_negative(getattr(level, name), f"{field}.{name}")
   if level.pool not in POOLS:
     raise ConfigError(f"{field}.pool", f"unknown pooling {level.pool!r}; one of {POOLS}")
+  if level.upsample not in UPSAMPLES:
+    raise ConfigError(f"{field}.upsample", f"unknown upsampling {level.upsample!r}; "
+                      f"one of {UPSAMPLES}")
   if level.aux_loss not in AUX_LOSSES:
     raise ConfigError(f"{field}.aux_loss", f"unknown auxiliary loss {level.aux_loss!r}; "
                       f"one of {AUX_LOSSES}")
@@ -144,12 +152,16 @@ def check_hierarchy(levels, seq_len: int, field_seq_len: str = "data.seq_len"):
       raise ConfigError(f"{field}.max_units", f"units={level.units!r} are not a fixed "
                         "patch, so give a static bound on units per sequence "
                         f"(e.g. {seq_len // 4})")
-    if level.pool == "concat":
-      child = segment.fixed_patch(levels, i + 1) if i + 1 < len(coarse) else 1
-      if not patch or not child:
-        raise ConfigError(f"{field}.pool", "concat pooling needs fixed units at this "
-                          "level and the next finer one (fixed:P with nested periods); "
-                          "use mean, attention or last for delimiter units")
+    child = segment.fixed_patch(levels, i + 1) if i + 1 < len(coarse) else 1
+    static = bool(patch and child)    # a fixed number of children per unit
+    if level.pool == "concat" and not static:
+      raise ConfigError(f"{field}.pool", "concat pooling needs fixed units at this "
+                        "level and the next finer one (fixed:P with nested periods); "
+                        "use mean, attention or last for delimiter units")
+    if level.upsample == "linear" and not static:
+      raise ConfigError(f"{field}.upsample", "linear upsampling needs fixed units at this "
+                        "level and the next finer one (fixed:P with nested periods); "
+                        "use repeat for delimiter units")
   for i, level in enumerate(levels):
     if level.span == "parent" and i == 0:
       raise ConfigError("model.levels[0].span", "the coarsest level has no parent; "
