@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from mgm import flops
 from mgm.loop import Run
-from mgm.model import spec as spec_lib
+from mgm.train import param_count
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps")
@@ -47,8 +47,7 @@ def main(argv):
   batch = run.layout.global_batch(next(iter(run.batches("train", seed=0))))
   step_s = time_steps(run, batch, _STEPS.value)
   tokens_per_sec = run.tokens_per_step / step_s
-  spec = spec_lib.from_config(config.model)
-  executed = flops.train_flops_per_token(spec, config.data.seq_len, executed=True)
+  executed = flops.train_flops_per_token(run.model.spec, config.data.seq_len, executed=True)
   memory = jax.devices()[0].memory_stats() or {}
   speed = run.speed(tokens_per_sec, 0)
   record = {
@@ -59,7 +58,7 @@ def main(argv):
       "batch": config.train.batch_size, "seq_len": config.data.seq_len,
       "dtype": config.model.dtype, "remat": config.model.remat,
       "attention_impl": config.model.attention_impl,
-      "params": int(sum(x.size for x in jax.tree.leaves(run.state.params))),
+      "params": param_count(run.state.params),
       "step_s": round(step_s, 4), "tokens_per_sec": round(tokens_per_sec, 1),
       "flops_per_token": run.flops_per_token,
       "tflops_per_sec": round(speed["tflops_per_sec"], 3), "mfu": round(speed["mfu"], 4),
