@@ -1,9 +1,11 @@
 """The run's workdir: resolved config, and the check that a workdir belongs to this run."""
+import dataclasses
 import json
 import os
 
 from mgm.errors import WorkdirError
 from mgm.metrics import set_aside, write_json
+from mgm.model.spec import LevelSpec, ModelSpec
 
 # Sections that fix the shapes of parameters and data: a run cannot continue
 # in a workdir whose saved config differs in these.
@@ -29,6 +31,20 @@ def _diff(old, new, prefix=""):
   return [] if old == new else [prefix]
 
 
+def with_model_defaults(saved: dict) -> dict:
+  """A saved config with the model fields added since it was written set to their
+  defaults (what that run used), so a new field never blocks its resume."""
+  model = saved.get("model", {})
+  defaults = lambda cls: {f.name: f.default for f in dataclasses.fields(cls)
+                          if f.default is not dataclasses.MISSING}
+  for level in model.get("levels", []):
+    for name, value in defaults(LevelSpec).items():
+      level.setdefault(name, value)
+  for name, value in defaults(ModelSpec).items():
+    model.setdefault(name, value)
+  return saved
+
+
 def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
   """Refuse a workdir holding another run's incompatible config; save the resolved one.
 
@@ -39,7 +55,7 @@ def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
-      old = json.load(f)
+      old = with_model_defaults(json.load(f))
     changed = _diff(old, new)
     clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS
                and p not in COMPUTE_ONLY_FIELDS]

@@ -4,6 +4,8 @@ changes what it computes.
 The cuDNN comparison needs an NVIDIA GPU; it is skipped elsewhere (run it with
 `JAX_PLATFORMS=cuda python -m pytest tests/test_compute.py` on one).
 """
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,18 @@ def test_gradient_accumulation_equals_one_pass_over_the_batch(model, rtol):
     np.testing.assert_allclose(norms_accum, norms, rtol=rtol)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_accum)):
       np.testing.assert_allclose(b, a, rtol=10 * rtol, atol=10 * rtol)
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default(tmp_path):
+  config = lm_configs.get_config("model=megabyte,size=tiny")
+  check_and_save_config(str(tmp_path), config)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["model"]["levels"][0]["upsample"], saved["model"]["attention_impl"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  check_and_save_config(str(tmp_path), config)          # the defaults: accepted
+  config.model.levels[0].upsample = "linear"
+  with pytest.raises(Exception, match=r"model\.levels\[0\]\.upsample"):
+    check_and_save_config(str(tmp_path), config)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN attention needs an NVIDIA GPU")
