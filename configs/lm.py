@@ -25,12 +25,10 @@ Any field can be overridden: --config.train.steps=100 --config.data.seq_len=512
 --config.model.levels[0].depth=6 --config.data.source=text
 --config.data.files='~/books/*.txt'.
 """
-import dataclasses
-
 import ml_collections as mlc
 
 from mgm.data.tokenizer import VOCAB_SIZE
-from mgm.model.spec import LevelSpec
+from mgm.model.spec import LevelSpec, field_defaults
 
 SIZES = ("tiny", "demo", "small", "base")
 MODELS = ("flat", "megabyte", "hourglass", "spacebyte", "mgm3")
@@ -49,12 +47,10 @@ MESH_RULES = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"),
 
 def level(width, depth, heads, span="full", **coarse):
   """One level; coarse levels also take units, max_len, max_units, pool, pre_layers,
-  aux_loss, aux_weight (see mgm/model/spec.py LevelSpec). Every field is present,
+  upsample, aux_loss, aux_weight (see mgm/model/spec.py LevelSpec). Every field is present,
   with its default, so any can be overridden: --config.model.levels[0].pool=mean."""
-  defaults = {f.name: f.default for f in dataclasses.fields(LevelSpec)
-              if f.default is not dataclasses.MISSING}
-  return mlc.ConfigDict({**defaults, **dict(width=width, depth=depth, heads=heads, span=span,
-                                            **coarse)})
+  given = dict(width=width, depth=depth, heads=heads, span=span, **coarse)
+  return mlc.ConfigDict({**field_defaults(LevelSpec), **given})
 
 
 def model_levels(model, size):

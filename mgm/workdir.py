@@ -1,11 +1,10 @@
 """The run's workdir: resolved config, and the check that a workdir belongs to this run."""
-import dataclasses
 import json
 import os
 
 from mgm.errors import WorkdirError
 from mgm.metrics import set_aside, write_json
-from mgm.model.spec import LevelSpec, ModelSpec
+from mgm.model.spec import LevelSpec, ModelSpec, field_defaults
 
 # Sections that fix the shapes of parameters and data: a run cannot continue
 # in a workdir whose saved config differs in these.
@@ -35,12 +34,10 @@ def with_model_defaults(saved: dict) -> dict:
   """A saved config with the model fields added since it was written set to their
   defaults (what that run used), so a new field never blocks its resume."""
   model = saved.get("model", {})
-  defaults = lambda cls: {f.name: f.default for f in dataclasses.fields(cls)
-                          if f.default is not dataclasses.MISSING}
   for level in model.get("levels", []):
-    for name, value in defaults(LevelSpec).items():
+    for name, value in field_defaults(LevelSpec).items():
       level.setdefault(name, value)
-  for name, value in defaults(ModelSpec).items():
+  for name, value in field_defaults(ModelSpec).items():
     model.setdefault(name, value)
   return saved
 

@@ -19,6 +19,12 @@ AUX_LOSSES = ("", "bag", "first")
 UPSAMPLES = ("repeat", "linear")
 
 
+def field_defaults(spec_class) -> dict:
+  """{field: default} of a spec dataclass's fields that have one."""
+  return {f.name: f.default for f in dataclasses.fields(spec_class)
+          if f.default is not dataclasses.MISSING}
+
+
 @dataclasses.dataclass(frozen=True)
 class LevelSpec:
   """One level. Coarse levels (all but the last) also say how their units are
