@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from configs.lm import get_config
 from mgm.workdir import check_and_save_config
 
@@ -37,16 +39,21 @@ def test_an_invalid_value_exits_2_with_one_line_naming_the_field_writing_nothing
   assert not (tmp_path / "w").exists()
 
 
-def test_a_workdir_of_another_model_exits_2_with_one_line_leaving_it_unchanged(tmp_path):
-  """The workdir holds another run's config.json (written as a run writes it)."""
+@pytest.mark.parametrize("field", ["model.levels[0].width", "data.corpus_seed"])
+def test_a_workdir_of_another_run_exits_2_with_one_line_leaving_it_unchanged(tmp_path, field):
+  """The workdir holds the config.json of a run with another model or data config
+  (written as a run writes it)."""
   other = get_config("tiny")
-  other.model.levels[0].width = 32
+  if field.startswith("model."):
+    other.model.levels[0].width = 32
+  else:
+    other.data.corpus_seed = 1
   check_and_save_config(str(tmp_path), other)
   before = files(tmp_path)
   proc = launch(tmp_path)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [error_line(proc.stderr)], "one line, nothing else"
-  assert "model.levels[0].width" in error_line(proc.stderr)
+  assert field in error_line(proc.stderr)
   assert files(tmp_path) == before
 
 
