@@ -36,6 +36,8 @@ def sigterm_after(monkeypatch, at_step: int):
   """The process receives SIGTERM right after `at_step` (the loop's handler catches it)."""
   def action(step):
     if step == at_step:
+      # the loop's handler must be in place, or the signal would end the test process
+      assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
       os.kill(os.getpid(), signal.SIGTERM)
   after_each_step(monkeypatch, action)
 
