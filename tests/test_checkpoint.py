@@ -1,6 +1,8 @@
 """Checkpoint policies: keep the newest N plus the best by eval_bpb; save every K
 steps and every M minutes; checksums."""
 import datetime
+import logging
+import os
 import time
 import types
 
@@ -61,3 +63,21 @@ def test_checksums_cover_every_array_and_refuse_non_finite_values():
   assert sums != checkpoint.checksums(state(3))
   with pytest.raises(TrainingError, match="step 5: `params/w`"):
     checkpoint.checksums({"params": {"w": jnp.array([jnp.nan])}}, saving_step=5)
+
+
+def test_a_step_left_half_written_by_a_crash_is_moved_aside_with_a_warning(tmp_path, caplog):
+  """Orbax ignores `N.orbax-checkpoint-tmp*`; training moves it to
+  checkpoints_unusable/ (never deletes it), so step N can be saved again."""
+  mngr = checkpoint.manager(str(tmp_path), ckpt_config(), enable_async=False)
+  checkpoint.save(mngr, 2, state(2))
+  partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "half").write_bytes(b"cut short")
+  with caplog.at_level(logging.WARNING):
+    checkpoint.set_aside_partial(mngr)
+  assert "checkpoint step 4 " in caplog.text and "left partial" in caplog.text
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  moved = list((tmp_path / checkpoint.UNUSABLE).iterdir())
+  assert [m.name.split("-")[0] for m in moved] == ["4.orbax"]
+  assert (moved[0] / "state" / "half").read_bytes() == b"cut short"
+  assert checkpoint.save(mngr, 4, state(4)) and mngr.all_steps() == [2, 4]

@@ -27,6 +27,8 @@ from mgm import checkpoint, loop, train
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError
 
+from loop_hooks import Crash, crash_after
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 RUN = ["--config=configs/lm.py:tiny", f"--config.train.steps={STEPS}",
@@ -135,6 +137,26 @@ def test_kill_9_three_times_and_sigterm_then_resume_equals_an_uninterrupted_run_
   assert_same_run(workdir, reference)
   assert list(workdir.glob("metrics-*.jsonl")), "rows logged again after resuming are kept aside"
   assert any(n.startswith(f"{newest}-") for n in os.listdir(workdir / checkpoint.UNUSABLE))
+
+
+def test_a_crashed_run_resumes_to_the_uninterrupted_result_bit_for_bit(
+    reference, tmp_path, monkeypatch):
+  """In this process (the default run's resume check; the kill -9 test is slow):
+  the run dies after step 5's row is written, the newest checkpoint being step 4;
+  the same command resumes there, logs step 5 again and ends where the
+  uninterrupted run (launch.py) does: every row, eval_bpb, every array's bytes."""
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as patch:
+    crash_after(patch, 5)
+    with pytest.raises(Crash):
+      loop.run(tiny_config(), str(workdir), "train")
+  assert [r["step"] for r in rows(workdir)] == [1, 2, 3, 4, 5]
+  assert checkpoint.read_only_manager(str(workdir / "checkpoints")).all_steps() == [2, 4]
+  loop.run(tiny_config(), str(workdir), "train")
+  assert_same_run(workdir, reference)
+  kept = list(workdir.glob("metrics-*.jsonl"))   # the file as it was before resuming
+  assert len(kept) == 1
+  assert [json.loads(line)["step"] for line in kept[0].read_text().splitlines()] == [1, 2, 3, 4, 5]
 
 
 def damage_truncate(step_dir):

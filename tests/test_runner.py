@@ -15,6 +15,8 @@ from ml_collections import config_flags
 from mgm import loop, runner
 from mgm.errors import ConfigError
 
+from loop_hooks import sigterm_after
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPERIMENT = '''
@@ -81,6 +83,22 @@ def test_second_invocation_skips_finished_and_resumes_unfinished(finished, monke
   assert trained == [str(unfinished)]
   assert (unfinished / "summary.json").exists()
   assert (unfinished / "metrics.jsonl").read_text() == rows_before   # resumed, not retrained
+
+
+def test_a_preempted_arm_stops_the_experiment_with_its_step_saved(tmp_path, monkeypatch):
+  """SIGTERM during the first arm: the runner returns {'stopped_by', 'arm'} at once,
+  with that arm's step saved; no later arm starts and no table is written (the
+  same command then resumes it)."""
+  path = tmp_path / "two.py"
+  path.write_text(EXPERIMENT)
+  workdir = tmp_path / "run"
+  sigterm_after(monkeypatch, 1)
+  result = runner.run(f"{path}:tiny", str(workdir))
+  assert result == {"stopped_by": "SIGTERM", "arm": "flat"}
+  assert os.listdir(workdir / "arms") == ["flat"]
+  assert os.listdir(workdir / "arms" / "flat" / "checkpoints") == ["1"]   # every_steps is 3
+  assert not (workdir / "arms" / "flat" / "summary.json").exists()
+  assert not (workdir / "results.md").exists()
 
 
 def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
