@@ -206,8 +206,9 @@ def test_fixed_patches_attend_as_the_unit_masked_parent_span(monkeypatch):
   """A token level attending within fixed parent patches (here P = 4 under 16)
   runs on the sequence reshaped to [B * T/P, P] (the fast path; MEGABYTE's). The
   general path (dense attention masked to the token's parent unit, over the whole
-  sequence) gives the same logits and gradients with the same parameters. Measured: logits (scale ~4)
-  <= 7.2e-7 apart, gradients <= 6.5e-7 of each leaf's largest."""
+  sequence) gives the same logits and gradients with the same parameters.
+  Measured: logits (scale ~4) <= 7.2e-7 apart, gradients <= 6.5e-7 of each
+  leaf's largest."""
   model = build(CASES["3-level-fixed-concat"], 48)
   tokens = text_like(np.random.default_rng(0), (2, 48))
   params = init_params(model, jax.random.key(0), tokens.shape)
