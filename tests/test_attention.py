@@ -19,7 +19,7 @@ from mgm.nn import attention
 
 # float32 throughout. Fast minus reference, measured over these cases: <= 3e-7 in
 # values (scale ~1), <= 7e-7 in gradients (scale ~4); one wrongly masked key moves
-# an output by ~1/(keys seen), >= 1e-2 here.
+# an output by ~1/(keys seen): ~2e-4 even at 4,096 keys, far more at the others.
 ATOL = 2e-5
 
 
@@ -173,7 +173,7 @@ def test_window_at_least_the_length_is_full_causal(window):
 
 def unit_ids_of(*rows):
   """[B, T] unit index from each row's unit lengths."""
-  return jnp.asarray(np.stack([np.repeat(np.arange(len(r)), r) for r in rows]))
+  return np.stack([np.repeat(np.arange(len(r)), r) for r in rows])
 
 
 SHORT = unit_ids_of([1, 5, 2, 7, 3, 1, 4], [7, 7, 1, 1, 3, 4])       # T 23, longest 7
