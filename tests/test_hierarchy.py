@@ -200,3 +200,29 @@ def test_new_boundary_positions_do_not_recompile():
 def test_bad_hierarchies_name_the_field(levels, seq_len, field):
   with pytest.raises(ConfigError, match=field):
     build(levels, seq_len)
+
+
+def test_fixed_patches_attend_as_the_unit_masked_parent_span(monkeypatch):
+  """A token level attending within fixed parent patches (here P = 4 under 16)
+  runs on the sequence reshaped to [B * T/P, P] (the fast path; MEGABYTE's). The
+  general path (dense attention masked to the token's parent unit, over the whole
+  sequence) gives the same logits and gradients with the same parameters.
+  Measured: logits (scale ~4) <= 7.2e-7 apart, gradients <= 6.5e-7 of each
+  leaf's largest."""
+  model = build(CASES["3-level-fixed-concat"], 48)
+  tokens = text_like(np.random.default_rng(0), (2, 48))
+  params = init_params(model, jax.random.key(0), tokens.shape)
+  cotangent = jax.random.normal(jax.random.key(1), (2, 48, model.spec.vocab_size))
+
+  def logits_and_grads():   # a new function each call: jax.jit caches by function
+    def run(params):
+      logits, pullback = jax.vjp(lambda p: model.apply({"params": p}, tokens), params)
+      return logits, pullback(cotangent)[0]
+    return jax.jit(run)(params)
+
+  fast = logits_and_grads()
+  monkeypatch.setattr(LM, "_patched", lambda self, i: False)
+  general = logits_and_grads()
+  np.testing.assert_allclose(fast[0], general[0], atol=2e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(general[1])):
+    np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.abs(b).max()), rtol=0)
