@@ -72,10 +72,10 @@ def _text(error: BaseException) -> str:
 
 
 class _QuietLibraries:
-  """Keep orbax's and grain's per-save INFO chatter out of the run's log."""
+  """Keep the INFO chatter of orbax (per save), grain and TFDS (per load) out of the log."""
 
   def filter(self, record):
-    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/"))
+    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/", "/tensorflow_datasets/"))
     return record.levelno >= std_logging.WARNING or not noisy
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from mgm import decode, prompts, sharding
 from mgm.data import pipeline, sources
-from mgm.data.tokenizer import encode
+from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
 from mgm.model import segment
 from mgm.model import spec as spec_lib
@@ -52,8 +52,8 @@ def get(config, dotted):
 
 def leaves(node, prefix=""):
   """(dotted field, value) of every leaf of a config: `model.levels[0].width`, ...
-  Tuples of values (sample.stop, mesh.rules) are one leaf."""
-  if hasattr(node, "items"):
+  Tuples of values (sample.stop, mesh.rules) and empty sections are one leaf each."""
+  if hasattr(node, "items") and len(node):
     for key, value in node.items():
       yield from leaves(value, f"{prefix}.{key}" if prefix else key)
   elif isinstance(node, list):
@@ -124,6 +124,9 @@ def validate(config):
   _validate_train(config.train)
   _validate_checkpoint(config.checkpoint, config.train)
   spec = spec_lib.from_config(config.model)
+  if spec.vocab_size < VOCAB_SIZE:
+    raise ConfigError("model.vocab_size", f"{spec.vocab_size} is below the tokenizer's "
+                      f"{VOCAB_SIZE} ids (256 bytes, PAD, BOS, EOS); use {VOCAB_SIZE}")
   spec_lib.check_hierarchy(spec.levels, config.data.seq_len)
   sharding.check_rules(config.mesh.rules)
   sharding.mesh_shape(config.mesh, jax.device_count())

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from mgm.data import pipeline, sources
 from mgm.errors import DataError
 from mgm.data.tokenizer import BOS, EOS, PAD, VOCAB_SIZE, decode, encode
+from tfds_tiny import MgmTinyText
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -222,22 +223,6 @@ def test_tinyshakespeare():
 
 
 # --- tfds source -----------------------------------------------------------------
-
-class MgmTinyText(tfds.core.GeneratorBasedBuilder):
-  """A real (not mocked) dataset, prepared in tests without TensorFlow."""
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {"text": tfds.features.Text(), "id": tfds.features.Scalar(dtype=np.int32)}))
-
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(12), "validation": self._generate_examples(3)}
-
-  def _generate_examples(self, n):
-    for i in range(n):
-      yield i, {"text": f"document {i}: naïve café\n" * (i + 1), "id": i}
-
 
 @pytest.mark.parametrize("name", ["tiny_shakespeare", "lm1b"])
 def test_tfds_mock_data(name):
