@@ -148,7 +148,7 @@ def base_config():
 
   c.sample = mlc.ConfigDict()           # --mode=sample, and samples after training
   c.sample.strategy = "sample"          # greedy | sample | beam
-  c.sample.prompt = ""                  # "": the data source's (synthetic: "= ", text: a held-out line)
+  c.sample.prompt = ""                  # "": the data source's ("= ", or a held-out line)
   c.sample.prompt_file = ""             # or one prompt per line of a UTF-8 file
   c.sample.num_samples = 2              # per prompt
   c.sample.max_new_tokens = 128         # prompt + new tokens <= data.seq_len

@@ -113,6 +113,14 @@ def test_every_field_is_audited():
                              f"no longer fields: {sorted(audited - fields)}")
 
 
+@pytest.fixture(autouse=True)
+def nothing_compiles(monkeypatch):
+  """A refusal comes before the model is built: building it fails the test."""
+  def create(*args, **kwargs):
+    raise AssertionError("the run got as far as building the model")
+  monkeypatch.setattr(loop.Run, "create", create)
+
+
 def _refused(tmp_path, field, value):
   config = get_config(PRESET)
   override(config, field, value)

@@ -9,8 +9,9 @@ from configs.lm import get_config
 from mgm import loop, prompts
 from mgm.data import sources
 from mgm.data.tokenizer import PAD, encode
-from mgm.errors import DataError
+from mgm.errors import DataError, WorkdirError
 from mgm.model import spec as spec_lib
+from mgm.workdir import check_and_save_config
 
 
 def test_a_run_failing_before_its_first_step_leaves_no_config(tmp_path, monkeypatch):
@@ -33,8 +34,10 @@ def test_a_run_failing_before_its_first_step_leaves_no_config(tmp_path, monkeypa
   assert not list((tmp_path / "w").glob("checkpoints/*"))
 
 
-def test_a_mistyped_glob_leaves_nothing_behind(tmp_path):
+def test_a_mistyped_glob_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+  monkeypatch.setattr(loop.Run, "create", None)   # calling it would raise a TypeError
   config = get_config("tiny")
+  config.sample.prompt = "= "   # not the default prompt, which reads the data too
   config.data.update(source="text", files=str(tmp_path / "corpus" / "*.txtt"))
   with pytest.raises(DataError, match="`data.files`"):
     loop.run(config, str(tmp_path / "w"), "train")
@@ -70,3 +73,20 @@ def test_generation_outgrowing_max_units_is_warned(caplog):
   assert len(warnings) == 1 and warnings[0].startswith("sample 1: prompt + generated text "
                                                        "hold 12 units at model.levels[0]")
   assert "raise model.levels[0].max_units" in warnings[0]
+
+
+def test_a_workdir_mismatch_names_only_the_fields_that_differ(tmp_path):
+  check_and_save_config(str(tmp_path), get_config("model=megabyte,size=tiny"))
+  with pytest.raises(WorkdirError) as error:
+    check_and_save_config(str(tmp_path), get_config("model=mgm3,size=tiny"), write=False)
+  assert str(error.value) == (
+      f"workdir '{tmp_path}' holds another run, whose config differs in model.levels (2 "
+      "entries there, 3 here). Use another --workdir, or the same model and data config to "
+      "resume it.")
+  config = get_config("model=megabyte,size=tiny")
+  config.model.levels[0].update(units="fixed:4", pool="mean")
+  config.data.seq_len = 128
+  with pytest.raises(WorkdirError, match=r'differs in data.seq_len \(64 there, 128 here\); '
+                     r'model.levels\[0\].pool \("concat" there, "mean" here\); '
+                     r'model.levels\[0\].units \("fixed:8" there, "fixed:4" here\)\. Use'):
+    check_and_save_config(str(tmp_path), config, write=False)
