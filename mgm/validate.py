@@ -31,7 +31,7 @@ INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
                         "checkpoint.every_minutes", "sample.temperature")
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
-NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2")
+NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
 BOOLS = ("checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm", "model.remat")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
@@ -139,6 +139,7 @@ def validate(config):
                       f"plus eval.new_tokens={config.eval.new_tokens} exceeds data.seq_len="
                       f"{config.data.seq_len}; lower one")
   _open_source(config.data)
+  _validate_units(config, spec)
   _validate_prompts(config, spec, sample)
   _validate_continuations(config)
 
@@ -168,8 +169,8 @@ def _open_source(data):
   except (TypeError, ValueError) as e:
     if isinstance(e, ConfigError) or data.source != "synthetic":
       raise
-    raise DataError("data.synthetic", f"the synthetic corpus refuses {data.synthetic.to_dict()}"
-                    f": {e}") from None
+    raise DataError("data.synthetic", f"the synthetic corpus refuses {dict(data.synthetic)}: "
+                    f"{e}") from None
 
 
 def _validate_train(train):
@@ -228,16 +229,34 @@ def _validate_prompts(config, spec, sample):
 
 
 def unit_excess(spec, tokens, seq_len: int):
-  """(level, units, max_units) of the first coarse level where the token row `tokens`
-  [T] holds more units than its static bound, else None."""
+  """(level, units, max_units) of the first coarse level where a row of `tokens`
+  ([T] or [B, T]) holds more units than its static bound (the most units of any
+  row), else None."""
   coarse = spec.levels[:-1]
-  if not coarse or not len(tokens):
+  tokens = np.atleast_2d(np.asarray(tokens, np.int32))
+  if not coarse or not tokens.size:
     return None
-  seg = segment.segment(np.asarray(tokens, np.int32)[None], coarse, seq_len)
+  seg = segment.segment(tokens, coarse, seq_len)
   for level, (count, bound) in enumerate(zip(seg.counts, seg.max_units)):
-    if int(count[0]) > bound:
-      return level, int(count[0]), bound
+    if int(count.max()) > bound:
+      return level, int(count.max()), bound
   return None
+
+
+def _validate_units(config, spec):
+  """The first training batch fits every level's max_units (else the train step would
+  refuse its updates and the run stop at its first log step)."""
+  if all(segment.fixed_patch(spec.levels, i) for i in range(len(spec.levels) - 1)):
+    return   # fixed units: the bound is exact
+  batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
+                                          batch_size=config.train.batch_size)))
+  excess = unit_excess(spec, batch["tokens"], config.data.seq_len)
+  if excess:
+    level, count, bound = excess
+    raise ConfigError(f"model.levels[{level}].max_units", f"{bound} is too few: a sequence of "
+                      f"the first training batch has {count} {spec.levels[level].units!r} "
+                      f"units; raise it (or lower data.seq_len, or set model.levels[{level}]"
+                      ".max_len)")
 
 
 def _validate_continuations(config):

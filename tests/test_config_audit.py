@@ -36,7 +36,7 @@ BAD = {
     "data.text_doc_bytes": [0],
     "data.tfds_data_dir": ["~/tensorflow_datasets"],   # set while data.source is synthetic
     "data.tfds_name": ["lm1b"],                        # set while data.source is synthetic
-    "data.val_fraction": [0.0, 1.0],
+    "data.val_fraction": [0.0, 1.0, "0.1"],
     "eval.continuations": [-1],
     "eval.new_tokens": [0, 40],                # 32 + 40 > data.seq_len
     "eval.prompt_tokens": [0],

@@ -167,6 +167,16 @@ def test_a_prompt_with_more_units_than_max_units_is_refused():
   validate(config)
 
 
+def test_max_units_too_few_for_the_first_training_batch_is_refused():
+  """Else the train step refuses every update and the run stops at its first log step."""
+  config = get_config("model=mgm3,size=tiny")
+  config.model.levels[0].max_units = 2
+  assert refusal(config).startswith("config field `model.levels[0].max_units`: 2 is too few: "
+                                    "a sequence of the first training batch has ")
+  config.model.levels[0].max_units = 8   # the preset's
+  validate(config)
+
+
 @pytest.mark.parametrize("field,value,line", [
     ("sample.temperature", float("nan"), "must be a finite number, got nan"),
     ("sample.top_p", float("inf"), "must be a finite number, got inf"),
