@@ -2,8 +2,9 @@
 
 Every field is checked here, including those only read at the end of a run
 (sample.*, eval.*) or when the data is first read (data.*): the data source is
-opened, the prompts are read and the held-out rows scanned, so a run never
-trains and then fails. Each error is one `ConfigError` naming the field and the fix.
+opened, the prompts are read, the first training batch is segmented (for
+levels with a max_units) and the held-out rows scanned, so a run never trains
+and then fails on its config. Each error is one `ConfigError` naming the field and the fix.
 """
 import math
 import os
