@@ -254,8 +254,8 @@ def _validate_units(config, spec):
   excess = unit_excess(spec, batch["tokens"], config.data.seq_len)
   if excess:
     level, count, bound = excess
-    raise ConfigError(f"model.levels[{level}].max_units", f"{bound} is too few: a sequence of "
-                      f"the first training batch has {count} {spec.levels[level].units!r} "
+    raise ConfigError(f"model.levels[{level}].max_units", f"{bound} is too few: the batch "
+                      f"before step 1 has a sequence of {count} {spec.levels[level].units!r} "
                       f"units; raise it (or lower data.seq_len, or set model.levels[{level}]"
                       ".max_len)")
 

@@ -172,7 +172,7 @@ def test_max_units_too_few_for_the_first_training_batch_is_refused():
   config = get_config("model=mgm3,size=tiny")
   config.model.levels[0].max_units = 2
   assert refusal(config).startswith("config field `model.levels[0].max_units`: 2 is too few: "
-                                    "a sequence of the first training batch has ")
+                                    "the batch before step 1 has a sequence of ")
   config.model.levels[0].max_units = 8   # the preset's
   validate(config)
 
