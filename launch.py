@@ -21,24 +21,61 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --experiment: print one lau
                              "command per arm instead of running them")
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def parse_flags(argv):
-  """absl parsing, with bad config overrides turned into one clear line."""
+  """absl parsing, with a bad preset or config override turned into one clear line
+  (exit 2), and --help exiting 0 after printing the help."""
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()   # ml_collections defers a missing file's error to first use
+    return rest
+  except OSError as e:
+    print(f"launch.py: --config: {_text(e).splitlines()[-1].strip()}", file=sys.stderr)
+    sys.exit(2)
+  except SystemExit as e:   # absl's --help prints the help, then exits 1
+    if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except (AttributeError, KeyError, IndexError, ValueError, TypeError, flags.Error) as e:
+    line, in_config_file = flag_error_line(e)
     bad = [a for a in argv[1:] if a.startswith("--config.")]
-    hint = f" (overrides given: {' '.join(bad)})" if bad else ""
-    print(f"launch.py: bad flag or config override{hint}: {e}\n"
-          "Check the field name against the config file (fields are printed with "
-          "--mode=train at start-up) and the value's type.", file=sys.stderr)
+    if in_config_file:   # the preset or the config file itself
+      print(f"launch.py: {line}", file=sys.stderr)
+    else:
+      hint = f" (overrides given: {' '.join(bad)})" if bad else ""
+      print(f"launch.py: bad flag or config override{hint}: {line}; check the field name "
+            "against the config file and the value's type", file=sys.stderr)
     sys.exit(2)
 
 
+def flag_error_line(error: BaseException) -> tuple[str, bool]:
+  """(one line, whether it came from running the config file) for a flag error: the
+  config file's own message rather than ml_collections' traceback text, a
+  KeyError's text rather than its repr."""
+  chain = [error]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  texts = [_text(e) for e in chain]
+  in_file = any("Error whilst parsing config file" in t for t in texts)
+  text = next((t for t in texts if "Traceback (most recent call last)" not in t), texts[-1])
+  return " ".join(l.strip() for l in text.splitlines() if l.strip()), in_file
+
+
+def _text(error: BaseException) -> str:
+  arg = error.args[0] if len(error.args) == 1 else None
+  if isinstance(arg, BaseException):   # AttributeError(KeyError(...)): the inner one
+    return _text(arg)
+  return arg if isinstance(arg, str) else str(error)
+
+
 class _QuietLibraries:
-  """Keep orbax's and grain's per-save INFO chatter out of the run's log."""
+  """Keep the INFO chatter of orbax (per save), grain and TFDS (per load) out of the log."""
 
   def filter(self, record):
-    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/"))
+    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/", "/tensorflow_datasets/"))
     return record.levelno >= std_logging.WARNING or not noisy
 
 

@@ -148,7 +148,7 @@ def base_config():
 
   c.sample = mlc.ConfigDict()           # --mode=sample, and samples after training
   c.sample.strategy = "sample"          # greedy | sample | beam
-  c.sample.prompt = "= "                # the synthetic corpus's documents open with "= Topic ="
+  c.sample.prompt = ""                  # "": the data source's ("= ", or a held-out line)
   c.sample.prompt_file = ""             # or one prompt per line of a UTF-8 file
   c.sample.num_samples = 2              # per prompt
   c.sample.max_new_tokens = 128         # prompt + new tokens <= data.seq_len
@@ -199,21 +199,25 @@ def apply_size(c, model, size):
   return c
 
 
+PRESETS_HELP = (f"presets are {', '.join(SIZES)} (the flat model) or model=NAME,size=SIZE "
+                f"with NAME one of {', '.join(MODELS)}, e.g. configs/lm.py:model=mgm3,size=demo")
+
+
 def parse_arg(arg):
-  """'demo' or 'model=flat,size=demo' -> (model, size)."""
+  """'demo' or 'model=flat,size=demo' -> (model, size); ValueError (one line naming
+  the valid presets) for anything else."""
   fields = dict(model="flat", size="demo")
   for part in filter(None, (arg or "").split(",")):
     key, eq, value = part.partition("=")
     if not eq:
       key, value = "size", part
     if key not in fields:
-      raise ValueError(f"configs/lm.py: unknown preset key {key!r} in {arg!r}; "
-                       "use model=...,size=...")
+      raise ValueError(f"configs/lm.py: unknown preset key {key!r} in {arg!r}; {PRESETS_HELP}")
     fields[key] = value
   if fields["size"] not in SIZES:
-    raise ValueError(f"configs/lm.py: unknown size {fields['size']!r}; one of {SIZES}")
+    raise ValueError(f"configs/lm.py: unknown preset size {fields['size']!r}; {PRESETS_HELP}")
   if fields["model"] not in MODELS:
-    raise ValueError(f"configs/lm.py: unknown model {fields['model']!r}; one of {MODELS}")
+    raise ValueError(f"configs/lm.py: unknown model {fields['model']!r}; {PRESETS_HELP}")
   return fields["model"], fields["size"]
 
 

@@ -1,23 +1,27 @@
 """The three modes of a run: train (with periodic eval, checkpoints, samples), eval, sample."""
 import dataclasses
+import itertools
+import json
 import os
 import time
 
 import jax
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from mgm import checkpoint, flops, sharding
 from mgm.data import pipeline
 from mgm import decode
-from mgm.data.tokenizer import decode as detokenize
+from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.errors import ConfigError, TrainingError, WorkdirError
 from mgm.metrics import (MetricsWriter, bits_per_byte, perplexity, set_aside, text_scores,
                          write_json)
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.preemption import Preemption
-from mgm.validate import validate
+from mgm.prompts import read_prompts
+from mgm.validate import unit_excess, validate
 from mgm.workdir import check_and_save_config
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step, param_count
 
@@ -89,11 +93,9 @@ class Run:
     if not cfg.continuations:
       return {}
     length = cfg.prompt_tokens + cfg.new_tokens
-    rows = [row for batch in pipeline.eval_batches(
-                self.config.data, batch_size=self.config.train.batch_size,
-                num_batches=self.config.train.eval_batches)
-            for row, mask in zip(batch["tokens"], batch["mask"]) if mask[:length].all()]
-    rows = rows[:cfg.continuations]
+    rows = pipeline.held_out_rows(
+        self.config.data, length=length, limit=cfg.continuations,
+        max_rows=self.config.train.batch_size * self.config.train.eval_batches)
     if not rows:
       raise ConfigError("eval.continuations", "no validation sequence holds "
                         f"{length} real tokens; lower eval.prompt_tokens/new_tokens")
@@ -107,14 +109,15 @@ class Run:
   def samples(self, params, step: int) -> list[str]:
     """Prompt + generated text for each prompt x sample.num_samples (the cached
     generator); random numbers keyed by sample.seed and the step, so a resumed
-    run draws the same ones."""
+    run draws the same ones. Warns when a sample outgrew a level's max_units."""
     cfg = self.config.sample
     spec = decode.from_config(cfg, self.config.model.vocab_size)
-    prompts = [p for p in read_prompts(cfg) for _ in range(cfg.num_samples)]
-    tokens, lengths = decode.pack_prompts(prompts, spec, self.model, self.config.data.seq_len)
+    texts = [p.text for p in read_prompts(self.config) for _ in range(cfg.num_samples)]
+    tokens, lengths = decode.pack_prompts(texts, spec, self.model, self.config.data.seq_len)
     rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
     out, _ = decode.generate(self.model, params, tokens, lengths, rng, spec)
-    return [p + t for p, t in zip(prompts, decode.new_text(out, lengths, detokenize))]
+    _warn_unit_overflow(self.model.spec, np.asarray(out), self.config.data.seq_len)
+    return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
 
 
 def is_main() -> bool:
@@ -122,17 +125,19 @@ def is_main() -> bool:
   return jax.process_index() == 0
 
 
-def read_prompts(sample_cfg) -> list[str]:
-  if not sample_cfg.prompt_file:
-    return [sample_cfg.prompt]
-  try:
-    with open(os.path.expanduser(sample_cfg.prompt_file), encoding="utf-8") as f:
-      prompts = [line.rstrip("\n") for line in f if line.strip()]
-  except OSError as e:
-    raise ConfigError("sample.prompt_file", f"cannot read {sample_cfg.prompt_file!r}: {e}")
-  if not prompts:
-    raise ConfigError("sample.prompt_file", f"{sample_cfg.prompt_file!r} holds no prompt")
-  return prompts
+def _warn_unit_overflow(spec, buffer, seq_len: int):
+  """Warn (naming the field) for each generated row [S] whose prompt + new tokens
+  (up to the first PAD) hold more units than a level's max_units: past that point
+  the generator's coarse context is wrong. Prompts alone are refused by validation."""
+  for i, row in enumerate(buffer):
+    real = row[:np.argmax(row == PAD)] if (row == PAD).any() else row
+    excess = unit_excess(spec, real, seq_len)
+    if excess:
+      level, count, bound = excess
+      logging.warning("sample %d: prompt + generated text hold %d units at model.levels[%d] "
+                      "(max_units=%d); the text after the overflow is unreliable: raise "
+                      "model.levels[%d].max_units or lower sample.max_new_tokens",
+                      i, count, level, bound, level)
 
 
 class Throughput:
@@ -171,13 +176,25 @@ def check_units(metrics, config, step):
                       "the static maximum; raise it (or lower data.seq_len / set max_len)")
 
 
-def write_samples(workdir, name, texts):
-  path = os.path.join(workdir, "samples", name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for i, text in enumerate(texts):
-      f.write(f"=== sample {i} ===\n{text}\n")
-  return path
+def write_samples(workdir, name, texts, config, step: int) -> str:
+  """samples/NAME (NAME_2, NAME_3, ... when taken: never overwritten), headed by the
+  step, the prompts and every sample.* field, one `# key: JSON value` line each."""
+  directory = os.path.join(workdir, "samples")
+  os.makedirs(directory, exist_ok=True)
+  stem, ext = os.path.splitext(name)
+  header = {"step": step, "prompts": [p.text for p in read_prompts(config)],
+            **{f"sample.{k}": v for k, v in config.sample.to_dict().items()}}
+  for n in itertools.count(1):
+    path = os.path.join(directory, f"{stem}{'' if n == 1 else f'_{n}'}{ext}")
+    try:
+      f = open(path, "x", encoding="utf-8")   # fails if it exists: nothing is overwritten
+    except FileExistsError:
+      continue
+    with f:
+      f.writelines(f"# {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in header.items())
+      for i, text in enumerate(texts):
+        f.write(f"=== sample {i} ===\n{text}\n")
+    return path
 
 
 class NonFiniteGuard:
@@ -274,7 +291,7 @@ class Trainer:
                "params": param_count(state.params), "flops_per_token": run.flops_per_token,
                **run.speed(self.meter.average(), step)}
     if is_main():
-      write_samples(run.workdir, f"step_{step}.txt", texts)
+      write_samples(run.workdir, f"step_{step}.txt", texts, run.config, step)
       path = os.path.join(run.workdir, "summary.json")
       set_aside(path)
       write_json(path, summary)
@@ -301,10 +318,11 @@ def _initial_state(run: Run, mngr, data_iter):
 
 
 def run(config, workdir: str, mode: str):
-  """Validate, check the workdir against the config (and save it when training),
-  then train, eval or sample: what launch.py and the experiment runner call."""
+  """Validate, check the workdir against the config, then train, eval or sample:
+  what launch.py and the experiment runner call. Nothing is written before
+  validation passes; training saves config.json once its first step has run."""
   validate(config)
-  check_and_save_config(workdir, config, write=(mode == "train" and is_main()))
+  check_and_save_config(workdir, config, write=False)
   logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
   return {"train": train, "eval": evaluate, "sample": sample}[mode](config, os.path.abspath(workdir))
 
@@ -315,13 +333,16 @@ def train(config, workdir) -> dict:
   t0 = time.time()
   with Preemption() as preempt:   # a signal during start-up stops after the first step
     run = Run.create(config, workdir)
-    data_iter = iter(run.batches("train", seed=config.seed))
+    save_config = _once(lambda: check_and_save_config(workdir, config, write=is_main()))
+    run.train_step = _then(run.train_step, save_config)   # a run failing before step 1
+    data_iter = iter(run.batches("train", seed=config.seed))   # leaves no config.json
     mngr = checkpoint.manager(workdir, config.checkpoint)
     state, start = _initial_state(run, mngr, data_iter)
     writer = MetricsWriter(workdir, enabled=is_main(), start_step=start)
     trainer = Trainer(run, mngr, data_iter, writer)
     try:
       state = trainer.steps(state, start, preempt)
+      save_config()   # when no step was left to run
     finally:
       mngr.wait_until_finished()   # a save in flight completes, whatever happened
       writer.close()
@@ -329,6 +350,24 @@ def train(config, workdir) -> dict:
     return {"stopped_by": preempt.signal, "step": int(state.step),
             "exit_s": time.time() - preempt.received_at}
   return trainer.finish(state, time.time() - t0)
+
+
+def _once(fn):
+  """fn, run on the first call only."""
+  calls = []
+  def once():
+    if not calls:
+      calls.append(fn())
+  return once
+
+
+def _then(step_fn, after):
+  """step_fn, calling `after()` each time it returns (cheap once `after` is a _once)."""
+  def wrapped(*args):
+    out = step_fn(*args)
+    after()
+    return out
+  return wrapped
 
 
 def _restore_latest(run: Run):
@@ -358,5 +397,6 @@ def sample(config, workdir) -> list[str]:
   state, step = _restore_latest(run)
   texts = run.samples(state.params, step)
   if is_main():
-    write_samples(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts)
+    write_samples(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts,
+                  config, step)
   return texts

@@ -1,11 +1,22 @@
-"""Config validation in one place, before anything is built or compiled.
+"""Config validation in one place, before anything is built, compiled or written.
 
-Each error names the field and the fix (`ConfigError`).
+Every field is checked here, including those only read at the end of a run
+(sample.*, eval.*) or when the data is first read (data.*): the data source is
+opened, the prompts are read, the first training batch is segmented (for
+levels with a max_units) and the held-out rows scanned, so a run never trains
+and then fails on its config. Each error is one `ConfigError` naming the field and the fix.
 """
+import math
 import os
 
-from mgm import decode
-from mgm.errors import ConfigError
+import jax
+import numpy as np
+
+from mgm import decode, prompts, sharding
+from mgm.data import pipeline, sources
+from mgm.data.tokenizer import VOCAB_SIZE, encode
+from mgm.errors import ConfigError, DataError
+from mgm.model import segment
 from mgm.model import spec as spec_lib
 
 SOURCES = ("synthetic", "text", "tfds")
@@ -15,10 +26,22 @@ POSITIVE_INTS = (
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
     "eval.prompt_tokens", "eval.new_tokens")
-NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations")
+NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed")
+INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
+        "sample.top_k", "sample.beam_size")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
-                        "checkpoint.every_minutes")
-POSITIVE_NUMBERS = ("train.lr", "train.grad_clip")
+                        "checkpoint.every_minutes", "sample.temperature")
+POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
+NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
+BOOLS = ("checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm", "model.remat")
+STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
+           "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
+           "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
+           "sample.banned", "sample.forced_prefix")
+# Fields that only mean something for one data source: set with another, refused.
+SOURCE_ONLY = {"data.files": "text", "data.tfds_name": "tfds", "data.tfds_data_dir": "tfds"}
+# Bytes that never occur in UTF-8 text; banning all the others leaves only these.
+NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
 
 
 def get(config, dotted):
@@ -28,52 +51,107 @@ def get(config, dotted):
   return node
 
 
+def leaves(node, prefix=""):
+  """(dotted field, value) of every leaf of a config: `model.levels[0].width`, ...
+  Tuples of values (sample.stop, mesh.rules) and empty sections are one leaf each."""
+  if hasattr(node, "items") and len(node):
+    for key, value in node.items():
+      yield from leaves(value, f"{prefix}.{key}" if prefix else key)
+  elif isinstance(node, list):
+    for i, value in enumerate(node):
+      yield from leaves(value, f"{prefix}[{i}]")
+  else:
+    yield prefix, node
+
+
 def _is_int(v):
   return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v):
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v   # not NaN
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_ranges(config):
+def _is_text(v):
+  """A str that can be written as UTF-8 (no lone surrogates from undecodable argv)."""
+  if not isinstance(v, str):
+    return False
+  try:
+    v.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def _check_finite(config):
+  """NaN or infinity in any float field (a NaN temperature samples NUL bytes only)."""
+  for field, value in leaves(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(field, f"must be a finite number, got {value!r}")
+
+
+def _check_types_and_ranges(config):
   """Each field of the tables above: right type, right sign."""
   checks = ((POSITIVE_INTS, _is_int, lambda v: v > 0, "a positive integer"),
             (NON_NEGATIVE_INTS, _is_int, lambda v: v >= 0, "an integer >= 0"),
+            (INTS, _is_int, lambda v: True, "an integer"),
             (NON_NEGATIVE_NUMBERS, _is_number, lambda v: v >= 0, "a number >= 0"),
-            (POSITIVE_NUMBERS, _is_number, lambda v: v > 0, "a number > 0"))
+            (POSITIVE_NUMBERS, _is_number, lambda v: v > 0, "a number > 0"),
+            (NUMBERS, _is_number, lambda v: True, "a finite number"),
+            (BOOLS, lambda v: isinstance(v, bool), lambda v: True, "True or False"),
+            (STRINGS, _is_text, lambda v: True, "a UTF-8 string"))
   for fields, right_type, right_sign, what in checks:
     for field in fields:
       value = get(config, field)
       if not right_type(value) or not right_sign(value):
         raise ConfigError(field, f"must be {what}, got {value!r}")
-  if not _is_int(config.seed):
-    raise ConfigError("seed", f"must be an integer, got {config.seed!r}")
+  stop = config.sample.stop
+  if not isinstance(stop, (tuple, list)) or not all(_is_text(s) for s in stop):
+    raise ConfigError("sample.stop", f"must be a tuple of strings such as ('\\n\\n',), "
+                      f"got {stop!r}")
+  for i, level in enumerate(config.model.levels):
+    weight = level.get("aux_weight", 0.0)
+    if not _is_number(weight) or weight < 0:
+      raise ConfigError(f"model.levels[{i}].aux_weight", f"must be a number >= 0, "
+                        f"got {weight!r}")
 
 
 def validate(config):
-  """Raise ConfigError for the first value that cannot work."""
-  _check_ranges(config)
+  """Raise ConfigError for the first value that cannot work; reads the data source,
+  the prompt file and the first held-out rows, writes nothing."""
+  _check_finite(config)
+  _check_types_and_ranges(config)
   _validate_data(config.data)
   _validate_train(config.train)
   _validate_checkpoint(config.checkpoint, config.train)
   spec = spec_lib.from_config(config.model)
+  if spec.vocab_size < VOCAB_SIZE:
+    raise ConfigError("model.vocab_size", f"{spec.vocab_size} is below the tokenizer's "
+                      f"{VOCAB_SIZE} ids (256 bytes, PAD, BOS, EOS); use {VOCAB_SIZE}")
   spec_lib.check_hierarchy(spec.levels, config.data.seq_len)
+  sharding.check_rules(config.mesh.rules)
+  sharding.mesh_shape(config.mesh, jax.device_count())
   sample = decode.from_config(config.sample, config.model.vocab_size)
-  prompt_bytes = len(config.sample.prompt.encode())
-  if prompt_bytes + sample.max_new > config.data.seq_len:
-    raise ConfigError("sample.max_new_tokens", f"the prompt ({prompt_bytes} bytes) plus "
-                      f"{sample.max_new} new tokens exceeds data.seq_len="
-                      f"{config.data.seq_len}; lower it")
+  if set(range(256)) - NOT_IN_UTF8 <= set(sample.banned):
+    raise ConfigError("sample.banned", "bans every byte UTF-8 text uses; nothing readable "
+                      "can be generated; ban fewer")
   if config.eval.prompt_tokens + config.eval.new_tokens > config.data.seq_len:
     raise ConfigError("eval.new_tokens", f"eval.prompt_tokens={config.eval.prompt_tokens} "
                       f"plus eval.new_tokens={config.eval.new_tokens} exceeds data.seq_len="
                       f"{config.data.seq_len}; lower one")
+  _open_source(config.data)
+  _validate_units(config, spec)
+  _validate_prompts(config, spec, sample)
+  _validate_continuations(config)
 
 
 def _validate_data(data):
   if data.source not in SOURCES:
     raise ConfigError("data.source", f"unknown source {data.source!r}; one of {SOURCES}")
+  for field, source in SOURCE_ONLY.items():
+    if get(data, field.split(".", 1)[1]) and data.source != source:
+      raise ConfigError(field, f"is set but data.source={data.source!r}, which ignores it; "
+                        f"add --config.data.source={source} to use it, or leave it empty")
   if data.source == "text" and not data.files.strip():
     raise ConfigError("data.files", "is empty but data.source='text'; give a glob such "
                       "as --config.data.files='~/corpus/*.txt'")
@@ -84,14 +162,25 @@ def _validate_data(data):
     raise ConfigError("data.val_fraction", f"must lie in (0, 1), got {data.val_fraction!r}")
 
 
+def _open_source(data):
+  """Both splits of the data source (globs matched, files chunked, TFDS opened)."""
+  try:
+    for split in sources.SPLITS:
+      sources.make_source(data, split)
+  except (TypeError, ValueError) as e:
+    if isinstance(e, ConfigError) or data.source != "synthetic":
+      raise
+    raise DataError("data.synthetic", f"the synthetic corpus refuses {dict(data.synthetic)}: "
+                    f"{e}") from None
+
+
 def _validate_train(train):
   if train.warmup_steps > train.steps:
     raise ConfigError("train.warmup_steps", f"{train.warmup_steps} exceeds train.steps "
                       f"{train.steps}; lower it")
   for name in ("b1", "b2"):
-    beta = train[name]
-    if not _is_number(beta) or not 0.0 <= beta < 1.0:
-      raise ConfigError(f"train.{name}", f"an Adam beta must lie in [0, 1), got {beta!r}")
+    if not 0.0 <= train[name] < 1.0:
+      raise ConfigError(f"train.{name}", f"an Adam beta must lie in [0, 1), got {train[name]!r}")
   if train.batch_size % train.grad_accum:
     raise ConfigError("train.grad_accum", f"{train.grad_accum} does not divide "
                       f"train.batch_size={train.batch_size} into equal micro-batches")
@@ -101,14 +190,86 @@ def _validate_train(train):
 
 
 def _validate_checkpoint(ckpt, train):
-  if not isinstance(ckpt.keep_best, bool):
-    raise ConfigError("checkpoint.keep_best", f"must be True or False, got {ckpt.keep_best!r}")
   if ckpt.keep_best and ckpt.every_steps % train.eval_every:
     raise ConfigError("checkpoint.keep_best", "ranks checkpoints by eval_bpb, so every "
                       f"checkpoint step needs an eval: checkpoint.every_steps={ckpt.every_steps} "
                       f"is not a multiple of train.eval_every={train.eval_every}; change one")
-  if not isinstance(ckpt.init_from, str):
-    raise ConfigError("checkpoint.init_from", f"must be a path, got {ckpt.init_from!r}")
-  if ckpt.init_from and not os.path.isdir(os.path.expanduser(ckpt.init_from)):
+  if not ckpt.init_from:
+    return
+  path = os.path.abspath(os.path.expanduser(ckpt.init_from))
+  if not os.path.isdir(path):
     raise ConfigError("checkpoint.init_from", f"{ckpt.init_from!r} is not a directory; give "
                       "a workdir, its checkpoints/ directory or one step directory in it")
+  candidates = (os.path.join(path, "checkpoints"), path)
+  has_step = os.path.basename(path).isdigit() or any(
+      name.isdigit() for d in candidates if os.path.isdir(d) for name in os.listdir(d))
+  if not has_step:
+    raise ConfigError("checkpoint.init_from", f"{ckpt.init_from!r} holds no checkpoint step "
+                      "(a directory N/ in it or in its checkpoints/); point it at a trained run")
+
+
+def _validate_prompts(config, spec, sample):
+  """Every prompt fits data.seq_len with sample.max_new_tokens and has no more units
+  than a coarse level's model.levels[i].max_units (generation would overflow)."""
+  seq_len = config.data.seq_len
+  if sample.max_new >= seq_len:
+    raise ConfigError("sample.max_new_tokens", f"{sample.max_new} leaves no room for a "
+                      f"prompt within data.seq_len={seq_len}; lower it")
+  for prompt in prompts.read_prompts(config):
+    tokens = encode(prompt.text)
+    if len(tokens) + sample.max_new > seq_len:
+      raise ConfigError(prompt.field, f"{prompt.origin} is {len(tokens)} bytes; with "
+                        f"sample.max_new_tokens={sample.max_new} that exceeds data.seq_len="
+                        f"{seq_len}; shorten it or lower sample.max_new_tokens")
+    excess = unit_excess(spec, tokens, seq_len)
+    if excess:
+      level, count, bound = excess
+      raise ConfigError(prompt.field, f"{prompt.origin} has {count} "
+                        f"{spec.levels[level].units!r} units, more than model.levels[{level}]"
+                        f".max_units={bound}; shorten it or raise model.levels[{level}].max_units")
+
+
+def unit_excess(spec, tokens, seq_len: int):
+  """(level, units, max_units) of the first coarse level where a row of `tokens`
+  ([T] or [B, T]) holds more units than its static bound (the most units of any
+  row), else None."""
+  coarse = spec.levels[:-1]
+  tokens = np.atleast_2d(np.asarray(tokens, np.int32))
+  if not coarse or not tokens.size:
+    return None
+  seg = segment.segment(tokens, coarse, seq_len)
+  for level, (count, bound) in enumerate(zip(seg.counts, seg.max_units)):
+    if int(count.max()) > bound:
+      return level, int(count.max()), bound
+  return None
+
+
+def _validate_units(config, spec):
+  """The first training batch fits every level's max_units (else the train step would
+  refuse its updates and the run stop at its first log step)."""
+  if all(segment.fixed_patch(spec.levels, i) for i in range(len(spec.levels) - 1)):
+    return   # fixed units: the bound is exact
+  batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
+                                          batch_size=config.train.batch_size)))
+  excess = unit_excess(spec, batch["tokens"], config.data.seq_len)
+  if excess:
+    level, count, bound = excess
+    raise ConfigError(f"model.levels[{level}].max_units", f"{bound} is too few: the batch "
+                      f"before step 1 has a sequence of {count} {spec.levels[level].units!r} "
+                      f"units; raise it (or lower data.seq_len, or set model.levels[{level}]"
+                      ".max_len)")
+
+
+def _validate_continuations(config):
+  """eval.continuations needs held-out rows of eval.prompt_tokens + eval.new_tokens real
+  tokens among the eval rows; reads the validation stream only until the first one."""
+  cfg = config.eval
+  if not cfg.continuations:
+    return
+  length, train = cfg.prompt_tokens + cfg.new_tokens, config.train
+  max_rows = train.batch_size * train.eval_batches
+  if not pipeline.held_out_rows(config.data, length=length, max_rows=max_rows, limit=1):
+    raise ConfigError("eval.continuations", f"no held-out sequence among the {max_rows} "
+                      f"eval rows has {length} tokens (eval.prompt_tokens={cfg.prompt_tokens} "
+                      f"+ eval.new_tokens={cfg.new_tokens}); lower those, or set "
+                      "eval.continuations=0")

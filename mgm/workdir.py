@@ -57,18 +57,30 @@ def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
     clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS
                and p not in COMPUTE_ONLY_FIELDS]
     if clashes:
+      more = f"; and {len(clashes) - 6} more" if len(clashes) > 6 else ""
       raise WorkdirError(
-          f"workdir {workdir!r} holds a run whose config differs in "
-          f"{', '.join(clashes[:6])}{' ...' if len(clashes) > 6 else ''} "
-          f"(saved there: {[_lookup(old, p) for p in clashes[:3]]}, now: "
-          f"{[_lookup(new, p) for p in clashes[:3]]}). Use another --workdir, or the "
-          "same model and data config to resume it.")
+          f"workdir {workdir!r} holds another run, whose config differs in "
+          f"{'; '.join(_describe(old, new, p) for p in clashes[:6])}{more}. Use another "
+          "--workdir, or the same model and data config to resume it.")
     if changed and write:
       set_aside(path)
   if write:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, new)
   return new
+
+
+def _describe(old: dict, new: dict, dotted: str) -> str:
+  """One difference, short: `a.b` 3 there, 4 here (a list of another length by its length)."""
+  before, after = _lookup(old, dotted), _lookup(new, dotted)
+  if isinstance(before, list) and isinstance(after, list):
+    return f"{dotted} ({len(before)} entries there, {len(after)} here)"
+  return f"{dotted} ({_short(before)} there, {_short(after)} here)"
+
+
+def _short(value, limit: int = 40) -> str:
+  text = "absent" if value is None else json.dumps(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _lookup(tree, dotted):

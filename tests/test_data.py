@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from mgm.data import pipeline, sources
 from mgm.errors import DataError
 from mgm.data.tokenizer import BOS, EOS, PAD, VOCAB_SIZE, decode, encode
+from tfds_tiny import MgmTinyText
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -197,6 +198,39 @@ def test_chunks_cut_at_lines_and_characters():
                                             "éé".encode(), "é".encode()]
 
 
+def assert_chunks_of_about(bounds, size: int, max_bytes: int):
+  """Contiguous [start, stop) chunks covering [0, size), each max_bytes // 2 to
+  max_bytes bytes except the last."""
+  assert bounds[0][0] == 0 and bounds[-1][1] == size
+  assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+  lengths = [stop - start for start, stop in bounds]
+  assert all(max_bytes // 2 <= n <= max_bytes for n in lengths[:-1]), sorted(set(lengths))
+  assert 0 < lengths[-1] <= max_bytes
+
+
+@pytest.mark.parametrize("kind", ["continuation bytes", "random bytes", "utf-16",
+                                  "rare newlines"])
+def test_any_bytes_are_chunked_into_documents_of_about_text_doc_bytes(kind):
+  """Binary content or another encoding: cuts move back at most 3 bytes, so chunks keep
+  their size and the time stays linear (cuts used to walk back over every 0x80-0xBF byte)."""
+  rng = np.random.default_rng(0)
+  data = {"continuation bytes": b"\x80" * 20_000,
+          "random bytes": rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes(),
+          "utf-16": ("naïve café, 日本語 text\n" * 2000).encode("utf-16"),
+          "rare newlines": (b"\n" + b"a" * 2_999) * 10}[kind]
+  assert_chunks_of_about(sources.chunk_bounds(data, 1000), len(data), 1000)
+
+
+def test_text_source_reads_a_binary_file_in_documents_of_about_text_doc_bytes(tmp_path):
+  data = np.random.default_rng(1).integers(0, 256, 30_000, dtype=np.uint8).tobytes()
+  (tmp_path / "blob.bin").write_bytes(data)
+  cfg = data_cfg(source="text", files=str(tmp_path / "*.bin"), text_doc_bytes=1000)
+  docs = [d[i] for d in (sources.make_source(cfg, s) for s in sources.SPLITS)
+          for i in range(len(d))]
+  assert sum(map(len, docs)) == len(data) and all(len(doc) <= 1000 for doc in docs)
+  assert sum(len(doc) < 500 for doc in docs) <= 1   # only the file's last chunk may be short
+
+
 def test_text_source_splits_by_document(text_dir, monkeypatch):
   monkeypatch.setenv("HOME", str(text_dir))
   cfg = data_cfg(source="text", files="~/f0*.txt, ~/f1*.txt", text_doc_bytes=64)
@@ -222,22 +256,6 @@ def test_tinyshakespeare():
 
 
 # --- tfds source -----------------------------------------------------------------
-
-class MgmTinyText(tfds.core.GeneratorBasedBuilder):
-  """A real (not mocked) dataset, prepared in tests without TensorFlow."""
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {"text": tfds.features.Text(), "id": tfds.features.Scalar(dtype=np.int32)}))
-
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(12), "validation": self._generate_examples(3)}
-
-  def _generate_examples(self, n):
-    for i in range(n):
-      yield i, {"text": f"document {i}: naïve café\n" * (i + 1), "id": i}
-
 
 @pytest.mark.parametrize("name", ["tiny_shakespeare", "lm1b"])
 def test_tfds_mock_data(name):

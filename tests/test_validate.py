@@ -9,9 +9,21 @@ import pytest
 
 from configs.lm import get_config
 from mgm.errors import ConfigError
-from mgm.validate import validate
+from mgm.validate import NOT_IN_UTF8, validate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+def all_utf8_bytes() -> str:
+  """A string whose UTF-8 uses every byte that UTF-8 text can contain."""
+  seqs = [bytes([b]) for b in range(0x80)] + [chr(c).encode() for c in range(0x80, 0xC0)]
+  seqs += [bytes([b, 0x80]) for b in range(0xC2, 0xE0)]
+  seqs += [bytes([0xE0, 0xA0, 0x80])] + [bytes([b, 0x80, 0x80]) for b in range(0xE1, 0xF0)]
+  seqs += [bytes([0xF0, 0x90, 0x80, 0x80])] + [bytes([b, 0x80, 0x80, 0x80])
+                                               for b in range(0xF1, 0xF5)]
+  text = b"".join(seqs).decode("utf-8")
+  assert set(text.encode()) == set(range(256)) - NOT_IN_UTF8
+  return text
+
 
 # (overrides as dotted path -> value, the field the message must name)
 INVALID = [
@@ -61,6 +73,21 @@ INVALID = [
     ({"eval.continuations": -1}, "eval.continuations"),
     ({"model.levels[0].pool": "max"}, "model.levels[0].pool"),
     ({"model.levels[0].upsample": "nearest"}, "model.levels[0].upsample"),
+    ({"eval.prompt_tokens": 0}, "eval.prompt_tokens"),
+    ({"eval.new_tokens": 0}, "eval.new_tokens"),
+    ({"train.min_lr_ratio": -0.1}, "train.min_lr_ratio"),
+    ({"data.val_fraction": 0.0}, "data.val_fraction"),
+    ({"checkpoint.keep_best": "yes"}, "checkpoint.keep_best"),
+    ({"checkpoint.init_from": 3}, "checkpoint.init_from"),
+    ({"sample.banned": "<every byte UTF-8 uses>"}, "sample.banned"),
+    ({"sample.temperature": float("nan")}, "sample.temperature"),
+    ({"sample.temperature": float("inf")}, "sample.temperature"),
+    ({"sample.top_p": float("nan")}, "sample.top_p"),
+    ({"sample.length_penalty": float("inf")}, "sample.length_penalty"),
+    ({"train.lr": float("inf")}, "train.lr"),
+    ({"data.files": "~/corpus/*.txt"}, "data.files"),            # source is synthetic
+    ({"sample.prompt_file": "MISSING.txt"}, "sample.prompt_file"),
+    ({"model.vocab_size": 256}, "model.vocab_size"),
 ]
 
 
@@ -79,7 +106,7 @@ def override(config, dotted, value):
 def test_an_invalid_config_names_its_field(overrides, field):
   config = get_config("tiny")
   for dotted, value in overrides.items():
-    override(config, dotted, value)
+    override(config, dotted, all_utf8_bytes() if value == "<every byte UTF-8 uses>" else value)
   with pytest.raises(ConfigError) as error:
     validate(config)
   assert error.value.field == field
@@ -91,15 +118,104 @@ def test_the_presets_are_valid():
     validate(get_config(preset))
 
 
-@pytest.mark.parametrize("args,field", [
-    (["--config.checkpoint.keep_best=True", "--config.checkpoint.every_steps=5"],
-     "checkpoint.keep_best"),
-    (["--config.train.max_nonfinite_in_a_row=-1"], "train.max_nonfinite_in_a_row"),
+def refusal(config) -> str:
+  with pytest.raises(ConfigError) as error:
+    validate(config)
+  return str(error.value)
+
+
+def short_text_corpus(directory: Path) -> str:
+  """Six one-line files: a held-out split of a few dozen bytes."""
+  for i in range(6):
+    (directory / f"f{i}.txt").write_text(f"short doc {i}\n")
+  return str(directory / "*.txt")
+
+
+def test_a_prompt_file_line_too_long_is_named_by_its_line(tmp_path):
+  path = tmp_path / "prompts.txt"
+  path.write_text("= Tara =\n\n" + "x" * 40 + "\n")
+  config = get_config("tiny")
+  config.sample.prompt_file = str(path)
+  assert refusal(config) == (
+      f"config field `sample.prompt_file`: line 3 of {str(path)!r} is 40 bytes; with "
+      "sample.max_new_tokens=32 that exceeds data.seq_len=64; shorten it or lower "
+      "sample.max_new_tokens")
+  path.write_text("= Tara =\n\n" + "x" * 32 + "\n")
+  validate(config)
+
+
+def test_continuations_need_a_held_out_sequence_long_enough(tmp_path):
+  config = get_config("tiny")
+  config.data.update(source="text", files=short_text_corpus(tmp_path))
+  validate(config)   # without continuations the corpus is fine
+  config.eval.continuations = 2
+  assert refusal(config) == (
+      "config field `eval.continuations`: no held-out sequence among the 16 eval rows has 48 "
+      "tokens (eval.prompt_tokens=32 + eval.new_tokens=16); lower those, or set "
+      "eval.continuations=0")
+  config.eval.update(prompt_tokens=4, new_tokens=4)
+  validate(config)
+
+
+def test_a_prompt_with_more_units_than_max_units_is_refused():
+  config = get_config("model=mgm3,size=tiny")   # sentence level: max_units 64 // 8
+  config.sample.update(prompt="Hi. " * 9, max_new_tokens=8)
+  assert refusal(config) == (
+      "config field `sample.prompt`: sample.prompt has 9 'sentence' units, more than "
+      "model.levels[0].max_units=8; shorten it or raise model.levels[0].max_units")
+  config.sample.prompt = "Hi. " * 8
+  validate(config)
+
+
+def test_max_units_too_few_for_the_first_training_batch_is_refused():
+  """Else the train step refuses every update and the run stops at its first log step."""
+  config = get_config("model=mgm3,size=tiny")
+  config.model.levels[0].max_units = 2
+  assert refusal(config).startswith("config field `model.levels[0].max_units`: 2 is too few: "
+                                    "the batch before step 1 has a sequence of ")
+  config.model.levels[0].max_units = 8   # the preset's
+  validate(config)
+
+
+@pytest.mark.parametrize("field,value,line", [
+    ("sample.temperature", float("nan"), "must be a finite number, got nan"),
+    ("sample.top_p", float("inf"), "must be a finite number, got inf"),
+    ("data.files", "~/corpus/*.txt", "is set but data.source='synthetic', which ignores it; "
+     "add --config.data.source=text to use it, or leave it empty"),
 ])
-def test_launch_exits_2_with_one_line_naming_the_field(tmp_path, args, field):
+def test_the_refusal_is_one_exact_line(field, value, line):
+  config = get_config("tiny")
+  override(config, field, value)
+  assert refusal(config) == f"config field `{field}`: {line}"
+
+
+def launch_refused(tmp_path, *args):
+  workdir = tmp_path / "w"
   proc = subprocess.run([sys.executable, "launch.py", "--config=configs/lm.py:tiny",
-                         f"--workdir={tmp_path / 'w'}", *args],
+                         f"--workdir={workdir}", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
-  assert f"`{field}`" in proc.stderr and "Traceback" not in proc.stderr
-  assert not (tmp_path / "w").exists(), "nothing is written for an invalid config"
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert not workdir.exists(), "nothing is written for an invalid config"
+  return proc.stderr.splitlines()
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--config.checkpoint.keep_best=True", "--config.checkpoint.every_steps=5"],
+     "config field `checkpoint.keep_best`: ranks checkpoints by eval_bpb, so every checkpoint "
+     "step needs an eval: checkpoint.every_steps=5 is not a multiple of train.eval_every=10; "
+     "change one"),
+    (["--config.sample.prompt_file=MISSING.txt"],
+     "config field `sample.prompt_file`: cannot read 'MISSING.txt' (No such file or "
+     "directory); give a UTF-8 file with one prompt per line"),
+])
+def test_launch_exits_2_with_one_line_naming_the_field(tmp_path, args, line):
+  assert launch_refused(tmp_path, *args) == [f"launch.py: {line}"]
+
+
+def test_launch_refuses_continuations_the_held_out_text_cannot_feed(tmp_path):
+  files = short_text_corpus(tmp_path)
+  lines = launch_refused(tmp_path, "--config.data.source=text", f"--config.data.files={files}",
+                         "--config.eval.continuations=2")
+  assert lines == ["launch.py: config field `eval.continuations`: no held-out sequence among "
+                   "the 16 eval rows has 48 tokens (eval.prompt_tokens=32 + "
+                   "eval.new_tokens=16); lower those, or set eval.continuations=0"]

@@ -167,3 +167,17 @@ def source_stats(data_cfg) -> dict:
   if data_cfg.source == "synthetic":
     return dict(sources.synthetic_corpus(data_cfg).stats())
   return {"unigram_bpb": unigram_bits(sources.make_source(data_cfg, "train"))}
+
+
+def held_out_rows(data_cfg, *, length: int, max_rows: int, limit: int) -> list[np.ndarray]:
+  """At most `limit` token rows [seq_len] whose first `length` tokens are all real,
+  taken in order from the first `max_rows` rows of the unshuffled validation stream
+  (the rows of `eval_batches`); reads only as far as it needs to."""
+  rows = []
+  for batch in itertools.islice(make_dataset(data_cfg, "validation", batch_size=1, seed=0),
+                                max_rows):
+    if batch["mask"][0, :length].all():
+      rows.append(batch["tokens"][0])
+      if len(rows) == limit:
+        break
+  return rows
