@@ -35,16 +35,24 @@ def parse_flags(argv):
 
 
 class _QuietLibraries:
-  """Keep orbax's and grain's per-save INFO chatter out of the run's log."""
+  """Keep what says nothing about the run out of its log: orbax's and grain's
+  per-save INFO chatter; jax's INFO that the TPU backend (libtpu) is absent on a
+  CPU/GPU machine (a missing backend that was asked for still raises); orbax's
+  warning that a manager opened read-only (--mode=eval/sample restores) will
+  not save, which is what read-only means."""
+
+  QUIET = ("Unable to initialize backend", "Given directory is read only")
 
   def filter(self, record):
+    if record.levelno < std_logging.ERROR and str(record.msg).startswith(self.QUIET):
+      return False
     noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/"))
     return record.levelno >= std_logging.WARNING or not noisy
 
 
 def main(argv):
   del argv
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries())   # every logger's records pass it
   # Imported here so `--help` and flag errors do not pay for importing jax.
   from mgm import loop, runner, sharding
   from mgm.errors import ConfigError, TrainingError, WorkdirError
@@ -66,10 +74,13 @@ def main(argv):
   except TrainingError as e:
     print(f"launch.py: training stopped: {e}", file=sys.stderr)
     return 1
-  if mode == "sample":
+  if _EXPERIMENT.value:
+    if not _DRY_RUN.value:   # a dry run's stdout is its commands and nothing else
+      print(runner.result_line(result))
+  elif mode == "sample":
     print("\n\n".join(result))
   else:
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    print(loop.result_line(mode, result, workdir))
   return 0
 
 

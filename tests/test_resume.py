@@ -76,7 +76,7 @@ def final_checksums(workdir, step=STEPS):
   return json.loads((Path(workdir) / "checkpoints" / str(step) / "checksum" / "metadata").read_text())
 
 
-SPEED = ("tokens_per_sec", "tflops_per_sec", "mfu")   # wall-clock rates: differ run to run
+SPEED = ("tokens_per_sec", "tflops_per_sec", "mfu", "peak_flops", "wall_s")   # wall clock: differs run to run
 
 
 def without_speed(table):
