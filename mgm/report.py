@@ -89,9 +89,9 @@ def markdown(experiment, rows, command_line: str) -> str:
   if experiment.notes:
     lines += ["", experiment.notes.strip()]
   lines += ["", "`mfu` is against `peak_flops` (FLOP/s; on a CPU the fastest XLA matmul "
-            "probe of the arm's run, README \"FLOPs and MFU\"); `tokens_per_sec`, `mfu` and "
-            "`wall_s` are the machine's at the time, and vary 2-3x with other load on a "
-            "shared CPU.", "",
+            "probe of the process, which the arms share; README \"FLOPs and MFU\"). "
+            "`tokens_per_sec`, `mfu` and `wall_s` are the machine's at the time, and vary "
+            "2-3x with other load on a shared CPU.", "",
             "Plots: `loss_vs_flops.png` (bits/byte against training FLOPs), "
             f"`{metric}.png` (the final {metric} per arm, the paper's numbers beside)."]
   return "\n".join(lines) + "\n"
