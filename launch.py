@@ -39,9 +39,10 @@ class _QuietLibraries:
   per-save INFO chatter; jax's INFO that the TPU backend (libtpu) is absent on a
   CPU/GPU machine (a missing backend that was asked for still raises); orbax's
   warning that a manager opened read-only (--mode=eval/sample restores) will
-  not save, which is what read-only means."""
+  not save, which is what read-only means; rouge-score announcing its tokenizer."""
 
-  QUIET = ("Unable to initialize backend", "Given directory is read only")
+  QUIET = ("Unable to initialize backend", "Given directory is read only",
+           "Using default tokenizer")   # rouge-score, on every generation eval
 
   def filter(self, record):
     if record.levelno < std_logging.ERROR and str(record.msg).startswith(self.QUIET):

@@ -178,7 +178,8 @@ def plot_bars(path: str, rows, metric: str, floor: float | None, title: str = ""
   top = max(ours + [v for _, v in paper])
   ax.set_ylim(low, top + 0.12 * (top - low))   # room for the labels
   ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right", fontsize=8)
-  ax.set(ylabel=f"{metric} (lower is better)", title=title or metric)
+  ax.set(ylabel=f"{metric} (lower is better)")
+  fig.suptitle(title or metric)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
   fig.savefig(path, dpi=120)
