@@ -5,6 +5,7 @@ x3 for forward and backward, causal attention at half its square. Every level
 contributes per *position of that level* and is divided by the tokens it
 covers, so coarse levels cost less per byte the longer their units are.
 """
+import functools
 import time
 
 import jax
@@ -106,14 +107,27 @@ def probe_peak() -> float:
   return _cpu_peak["fastest"]
 
 
-def measured_matmul_flops(size: int = 1024, chain: int = 4, min_trials: int = 5,
-                          min_seconds: float = 0.25) -> float:
-  """The host's dense fp32 matmul rate in FLOP/s, as XLA runs it: one jitted
-  program of `chain` dependent `size` x `size` products (dispatch amortized;
-  random N(0, 1/size) operands keep values normal, since denormals and
+PROBE_SIZES = (256, 512, 1024)
+
+
+def measured_matmul_flops(sizes=PROBE_SIZES, chain: int = 4, min_trials: int = 5,
+                          min_seconds: float = 0.1) -> float:
+  """The host's dense fp32 matmul rate in FLOP/s, as XLA runs it: for each size
+  n, one jitted program of `chain` dependent n x n products (dispatch
+  amortized; random N(0, 1/n) operands keep values normal, since denormals and
   infinities would time a different path), timed at least `min_trials` times
-  and `min_seconds` in all; the fastest trial counts. XLA's own matmul is the
-  ceiling a JAX program can reach on this CPU (about 2x numpy's OpenBLAS here)."""
+  and `min_seconds`; the fastest trial of any size counts. Several sizes,
+  because which one is fastest depends on the machine's state: on a quiet
+  CPU the largest saturates the cores, on a busy one the short products of the
+  smaller sizes are the ones that find the cores free (measured here under
+  load: 1024 read 45-66 GFLOP/s while 256 read 145-215). XLA's own matmul is
+  the ceiling a JAX program reaches on this CPU (about 2x numpy's OpenBLAS)."""
+  return max(_matmul_rate(n, chain, min_trials, min_seconds) for n in sizes)
+
+
+@functools.cache
+def _products(size: int, chain: int):
+  """(the jitted chain of products, its operand), compiled once per process."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32) / size ** 0.5
 
   @jax.jit
@@ -123,6 +137,11 @@ def measured_matmul_flops(size: int = 1024, chain: int = 4, min_trials: int = 5,
     return x
 
   products(a).block_until_ready()   # compile
+  return products, a
+
+
+def _matmul_rate(size: int, chain: int, min_trials: int, min_seconds: float) -> float:
+  products, a = _products(size, chain)
   fastest, spent, trials = float("inf"), 0.0, 0
   while trials < min_trials or spent < min_seconds:
     start = time.perf_counter()
