@@ -76,7 +76,8 @@ def final_checksums(workdir, step=STEPS):
   return json.loads((Path(workdir) / "checkpoints" / str(step) / "checksum" / "metadata").read_text())
 
 
-SPEED = ("tokens_per_sec", "tflops_per_sec", "mfu", "peak_flops", "wall_s")   # wall clock: differs run to run
+# wall clock: differs run to run
+SPEED = ("tokens_per_sec", "tflops_per_sec", "mfu", "peak_flops", "wall_s")
 
 
 def without_speed(table):
