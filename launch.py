@@ -72,16 +72,26 @@ def _text(error: BaseException) -> str:
 
 
 class _QuietLibraries:
-  """Keep the INFO chatter of orbax (per save), grain and TFDS (per load) out of the log."""
+  """Keep what says nothing about the run out of its log: the INFO chatter of
+  orbax (per save), grain and TFDS (per load); jax's INFO that the TPU backend
+  (libtpu) is absent on a CPU/GPU machine (a missing backend that was asked for still raises); orbax's
+  warning that a manager opened read-only (--mode=eval/sample restores) will
+  not save, which is what read-only means; rouge-score announcing its tokenizer."""
+
+  QUIET = ("Unable to initialize backend", "Given directory is read only",
+           "Using default tokenizer")   # rouge-score, on every generation eval
 
   def filter(self, record):
-    noisy = any(lib in record.pathname for lib in ("/orbax/", "/grain/", "/tensorflow_datasets/"))
+    if record.levelno < std_logging.ERROR and str(record.msg).startswith(self.QUIET):
+      return False
+    noisy = any(lib in record.pathname
+                for lib in ("/orbax/", "/grain/", "/tensorflow_datasets/"))
     return record.levelno >= std_logging.WARNING or not noisy
 
 
 def main(argv):
   del argv
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries())   # every logger's records pass it
   # Imported here so `--help` and flag errors do not pay for importing jax.
   from mgm import loop, runner, sharding
   from mgm.errors import ConfigError, TrainingError, WorkdirError
@@ -103,10 +113,13 @@ def main(argv):
   except TrainingError as e:
     print(f"launch.py: training stopped: {e}", file=sys.stderr)
     return 1
-  if mode == "sample":
+  if _EXPERIMENT.value:
+    if not _DRY_RUN.value:   # a dry run's stdout is its commands and nothing else
+      print(runner.result_line(result))
+  elif mode == "sample":
     print("\n\n".join(result))
   else:
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    print(loop.result_line(mode, result, workdir))
   return 0
 
 

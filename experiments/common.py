@@ -3,7 +3,8 @@
   cpu    demo-size models (width 128, sequence 256, batch 16) for 100 steps of
          the flat demo's training FLOPs (2.3 TFLOP); minutes per arm on 2 cores.
   paper  small-size models (width 512, sequence 1024) on PG-19 through TFDS
-         (prepare it first: `tfds build pg19`); an accelerator run.
+         (prepare it first: `tfds build pg19`); an accelerator run, checkpointed
+         every 30 minutes and every 5,000 steps (runner.CHECKPOINT_STEPS).
 """
 import os
 
@@ -31,7 +32,8 @@ def overrides(size: str) -> dict:
   if check_size(size) == "cpu":
     return {"train.steps": 100, "train.warmup_steps": 10, "eval.continuations": 16}
   return {"data.source": "tfds", "data.tfds_name": "pg19", "data.tfds_text_field": "book_text",
-          "eval.continuations": 64, "eval.prompt_tokens": 256, "eval.new_tokens": 64}
+          "eval.continuations": 64, "eval.prompt_tokens": 256, "eval.new_tokens": 64,
+          "checkpoint.every_minutes": 30.0}   # and every runner.CHECKPOINT_STEPS steps
 
 
 def shared_text() -> dict | None:

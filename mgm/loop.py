@@ -3,6 +3,7 @@ import dataclasses
 import itertools
 import json
 import os
+import textwrap
 import time
 
 import jax
@@ -15,8 +16,8 @@ from mgm.data import pipeline
 from mgm import decode
 from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.errors import ConfigError, TrainingError, WorkdirError
-from mgm.metrics import (MetricsWriter, bits_per_byte, perplexity, set_aside, text_scores,
-                         write_json)
+from mgm.metrics import (MetricsWriter, bits_per_byte, last_logged, perplexity, set_aside,
+                         summary_line, text_scores, write_json)
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.preemption import Preemption
@@ -224,14 +225,32 @@ class NonFiniteGuard:
           "train.warmup_steps), or check the data, then run again to resume.")
 
 
-class Trainer:
-  """The train loop of one run: steps, logging, evaluation, checkpoints, preemption."""
+# What summary.json and the eval log lines hold beside eval_bpb (README.md, "summary.json")
+REFERENCES = ("entropy_floor_bpb", "unigram_bpb")
+ETA_BAR = ("{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed} elapsed, "
+           "ETA {remaining}, {rate_fmt}{postfix}]")
 
-  def __init__(self, run: Run, mngr, data_iter, writer):
+
+class Trainer:
+  """The train loop of one run: steps, logging, evaluation, checkpoints, preemption.
+
+  `start`: the step it resumes from; `t0`: time.time() when this invocation
+  began. The run's wall time (`wall_s` in metrics rows and the summary) adds
+  this invocation's to the run's at `start` (its last logged row up to there)."""
+
+  def __init__(self, run: Run, mngr, data_iter, writer, start: int = 0, t0: float | None = None):
     self.run, self.mngr, self.data_iter, self.writer = run, mngr, data_iter, writer
+    self.start, self.t0 = start, time.time() if t0 is None else t0
+    self.prior_wall_s = float(last_logged(os.path.join(run.workdir, "metrics.jsonl"),
+                                          "wall_s", start))
     self.eval_set = run.eval_set()
     self.meter = Throughput(run.tokens_per_step)
     self.last_eval = {}
+    stats = pipeline.source_stats(run.config.data)
+    self.references = {k: stats[k] for k in REFERENCES if k in stats}
+
+  def wall_s(self) -> float:
+    return self.prior_wall_s + time.time() - self.t0
 
   def steps(self, state, start: int, preempt: Preemption):
     """Train from `start` to train.steps; after a preemption signal, stop once
@@ -239,7 +258,7 @@ class Trainer:
     cfg = self.run.config.train
     guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step",
-               dynamic_ncols=True, mininterval=1.0, disable=not is_main())
+               bar_format=ETA_BAR, dynamic_ncols=True, mininterval=1.0, disable=not is_main())
     for step in bar:
       batch = self.run.layout.global_batch(next(self.data_iter))
       state, metrics = self.run.train_step(state, batch)
@@ -265,31 +284,45 @@ class Trainer:
     if not (evaluate or step % cfg.log_every == 0):
       return {}
     loss = float(metrics["loss"])   # blocks, so the meter times real compute
+    tokens_per_sec = self.meter.tick(step)   # before anything else runs on the host
     check_units(metrics, self.run.config, step)
     row = {"train_loss": loss, "bpb": bits_per_byte(loss),
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.run.schedule(step - 1)),
-           "tokens_per_sec": self.meter.tick(step),
-           "skipped_steps": int(metrics["skipped_steps"]),
+           "tokens_per_sec": tokens_per_sec,
+           "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
            **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+    evaluated = {}
+    if evaluate:   # not training time: the meter is paused until the next step
+      evaluated = self.run.evaluate(state.params, self.eval_set)
+      flops.probe_peak()   # again: the fastest probe of the run is its peak
     row.update(self.run.speed(row["tokens_per_sec"], step))
-    evaluated = self.run.evaluate(state.params, self.eval_set) if evaluate else {}
     self.last_eval = evaluated or self.last_eval
     self.writer.write(step, {**row, **evaluated})
+    if evaluated and is_main():
+      bar.clear()
+      logging.info("step %d/%d: eval %.4f bits/byte (train %.4f%s)", step, cfg.steps,
+                   evaluated["eval_bpb"], row["bpb"], "".join(
+                       f", {k.replace('_bpb', '').replace('_', ' ')} {v:.4f}"
+                       for k, v in self.references.items()))
+      bar.refresh()
     bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{row['bpb']:.3f}",
                     tok_s=f"{row['tokens_per_sec']:,.0f}", mfu=f"{row['mfu']:.1%}", refresh=False)
     return evaluated
 
-  def finish(self, state, wall_s: float) -> dict:
-    """Final eval (unless the last step had one), samples and summary.json."""
+  def finish(self, state) -> dict:
+    """Final eval (unless the last step had one), samples and summary.json (its
+    keys: README.md, "summary.json")."""
     run = self.run
     last_eval = self.last_eval or run.evaluate(state.params, self.eval_set)
     step = int(state.step)
     texts = run.samples(state.params, step)   # every process: generation is SPMD
-    summary = {**last_eval, **run.continuation_scores(state.params),
-               **pipeline.source_stats(run.config.data), "steps": step,
-               "wall_s": wall_s, "tokens_per_sec": self.meter.average(),
-               "params": param_count(state.params), "flops_per_token": run.flops_per_token,
-               **run.speed(self.meter.average(), step)}
+    flops.probe_peak()                        # at the end too (see flops.probe_peak)
+    summary = {**last_eval, **run.continuation_scores(state.params), **self.references,
+               "steps": step, "tokens": step * run.tokens_per_step, "wall_s": self.wall_s(),
+               "invocation_tokens": (step - self.start) * run.tokens_per_step,
+               "invocation_wall_s": time.time() - self.t0,
+               "tokens_per_sec": self.meter.average(), "params": param_count(state.params),
+               "flops_per_token": run.flops_per_token, **run.speed(self.meter.average(), step)}
     if is_main():
       write_samples(run.workdir, f"step_{step}.txt", texts, run.config, step)
       path = os.path.join(run.workdir, "summary.json")
@@ -323,8 +356,50 @@ def run(config, workdir: str, mode: str):
   validation passes; training saves config.json once its first step has run."""
   validate(config)
   check_and_save_config(workdir, config, write=False)
-  logging.info("mode=%s workdir=%s\n%s", mode, workdir, config)
+  logging.info("mode=%s workdir=%s; config (in full: config.json there):\n%s", mode, workdir,
+               config_text(config))
+  logging.info("%s", pipeline.describe_corpus(config.data))
   return {"train": train, "eval": evaluate, "sample": sample}[mode](config, os.path.abspath(workdir))
+
+
+def _value(value) -> str:
+  """A config value as its override would spell it; mesh rules as name:axis+axis."""
+  if isinstance(value, (list, tuple)) and value and all(
+      isinstance(r, (list, tuple)) and len(r) == 2 for r in value):
+    axes = lambda t: "-" if t is None else t if isinstance(t, str) else "+".join(t)
+    return ",".join(f"{name}:{axes(target)}" for name, target in value)
+  return repr(value) if isinstance(value, str) else str(value)
+
+
+def config_text(config, width: int = 100) -> str:
+  """The resolved config in a few lines: `section: field=value ...`, one line per
+  model level (config.json in the workdir holds it in full)."""
+  lines = []
+  for section, fields in config.to_dict().items():
+    if not isinstance(fields, dict):
+      lines.append(f"{section}={_value(fields)}")
+      continue
+    levels = fields.pop("levels", []) if section == "model" else []
+    text = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if not isinstance(v, dict))
+    text += "".join(f" {k}.{kk}={_value(vv)}" for k, v in fields.items()
+                    if isinstance(v, dict) for kk, vv in v.items())
+    lines += textwrap.wrap(text, width, initial_indent=f"{section}: ", subsequent_indent="  ")
+    lines += [f"  levels[{i}]: " + " ".join(f"{k}={_value(v)}" for k, v in level.items())
+              for i, level in enumerate(levels)]
+  return "\n".join(lines)
+
+
+def result_line(mode: str, result: dict, workdir: str) -> str:
+  """The last line of a train or eval run (launch.py prints it)."""
+  if "stopped_by" in result:
+    return (f"stopped by {result['stopped_by']} after step {result['step']:,} (saved); run "
+            "the same command again to resume")
+  if mode == "eval":
+    scores = "".join(f", {k} {result[k]:.2f}" for k in ("bleu", "chrf", "rougeL") if k in result)
+    path = os.path.join(workdir, f"eval_step_{result['step']}.json")
+    return (f"eval of step {result['step']:,}: {result['eval_bpb']:.4f} bits/byte{scores} | "
+            f"written to {path}")
+  return summary_line(result, workdir)
 
 
 def train(config, workdir) -> dict:
@@ -335,11 +410,12 @@ def train(config, workdir) -> dict:
     run = Run.create(config, workdir)
     save_config = _once(lambda: check_and_save_config(workdir, config, write=is_main()))
     run.train_step = _then(run.train_step, save_config)   # a run failing before step 1
+    flops.probe_peak()   # at start-up; again at each evaluation and at the end
     data_iter = iter(run.batches("train", seed=config.seed))   # leaves no config.json
     mngr = checkpoint.manager(workdir, config.checkpoint)
     state, start = _initial_state(run, mngr, data_iter)
     writer = MetricsWriter(workdir, enabled=is_main(), start_step=start)
-    trainer = Trainer(run, mngr, data_iter, writer)
+    trainer = Trainer(run, mngr, data_iter, writer, start, t0)
     try:
       state = trainer.steps(state, start, preempt)
       save_config()   # when no step was left to run
@@ -349,7 +425,7 @@ def train(config, workdir) -> dict:
   if preempt.signal:
     return {"stopped_by": preempt.signal, "step": int(state.step),
             "exit_s": time.time() - preempt.received_at}
-  return trainer.finish(state, time.time() - t0)
+  return trainer.finish(state)
 
 
 def _once(fn):

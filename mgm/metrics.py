@@ -3,6 +3,7 @@
 `bits_per_byte` converts the mean token cross-entropy (nats per token) to bits
 per token; with the byte tokenizer a token is a byte (document separators
 count as one byte each, as they do in the synthetic corpus's entropy floor).
+summary.json's keys are described in one place: README.md, "summary.json".
 """
 import json
 import math
@@ -120,3 +121,40 @@ def set_aside(path: str):
     n += 1
   os.replace(path, kept)
   return kept
+
+
+def last_logged(path: str, key: str, step: int, default=0.0):
+  """`key` of the last row of a JSONL log at or before `step` that has it (a
+  resumed run's starting point, e.g. its wall time so far); `default` if none."""
+  value = default
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if _row_step(line) <= step:
+          value = json.loads(line).get(key, value)
+  return value
+
+
+def duration(seconds: float) -> str:
+  """'45s', '3m12s', '2h05m'."""
+  seconds = round(seconds)
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def summary_line(summary: dict, workdir: str) -> str:
+  """A finished run in one labelled line: eval bits/byte against the floor and
+  the unigram entropy, speed, wall time, and where its files are."""
+  refs = [f"{name} {summary[key]:.3f}" for name, key in
+          (("entropy floor", "entropy_floor_bpb"), ("unigram", "unigram_bpb")) if key in summary]
+  wall = duration(summary["wall_s"])
+  if summary.get("invocation_wall_s", summary["wall_s"]) < summary["wall_s"] - 0.5:
+    wall += f" (this invocation {duration(summary['invocation_wall_s'])})"
+  return (f"done: step {summary['steps']:,} | eval {summary['eval_bpb']:.3f} bits/byte"
+          + (f" ({', '.join(refs)})" if refs else "")
+          + f" | {summary['tokens_per_sec']:,.0f} tokens/s, MFU {summary['mfu']:.1%}"
+          f" | wall {wall} | files: {workdir}/ (summary.json, metrics.jsonl, samples/, "
+          "checkpoints/)")

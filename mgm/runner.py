@@ -7,8 +7,10 @@ the paper's numbers. `python launch.py --experiment=experiments/NAME.py:cpu
 --workdir=DIR` trains the arms one after another in DIR/arms/<arm> (skipping
 finished ones, resuming unfinished ones from their checkpoints), then writes
 DIR/results.{md,csv} and DIR/*.png. With --dry_run it prints one launch.py
-command per arm instead (for a pod or a cluster); run the experiment again
-without it once they are done to write the tables.
+command per arm instead (for a pod or a cluster), run by the interpreter that
+ran the dry run (sys.executable), and nothing else on stdout, so
+`... --dry_run | sh` runs them; run the experiment again without it once they
+are done to write the tables.
 """
 import dataclasses
 import importlib.util
@@ -16,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import sys
 
 from absl import logging
 from ml_collections.config_flags import config_path
@@ -26,6 +29,10 @@ from mgm.model import spec as spec_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MATCHES = ("flops", "steps")
+# A checkpoint at least this often in steps (besides one per evaluation, and
+# checkpoint.every_minutes where the size sets it): a 1.7M-step arm would
+# otherwise save only at each quarter.
+CHECKPOINT_STEPS = 5000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +137,7 @@ def planned_overrides(experiment: Experiment) -> dict[str, dict]:
       steps = max(config.train.warmup_steps + 1, round(budget / flops_per_step(config)))
     every = max(1, -(-steps // experiment.evals))
     plans[arm.name] = {**arm.overrides, "train.steps": steps, "train.eval_every": every,
-                       "checkpoint.every_steps": every}
+                       "checkpoint.every_steps": min(every, CHECKPOINT_STEPS)}
   return plans
 
 
@@ -138,8 +145,10 @@ def arm_config(arm: Arm, overrides: dict):
   return base_config(dataclasses.replace(arm, overrides=overrides))
 
 
-def command(arm: Arm, overrides: dict, workdir: str) -> str:
-  args = ["python", "launch.py", f"--config={arm.config}", f"--workdir={workdir}"]
+def command(arm: Arm, overrides: dict, workdir: str, python: str = sys.executable) -> str:
+  """The arm's launch.py command line, quoted for a POSIX shell; run from the
+  repository root by `python` (the interpreter running this, by default)."""
+  args = [python, "launch.py", f"--config={arm.config}", f"--workdir={workdir}"]
   args += [f"--config.{k}={v}" for k, v in overrides.items()]
   return " ".join(shlex.quote(a) for a in args)
 
@@ -183,10 +192,11 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
   plans = planned_overrides(experiment)
   command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
   workdir = os.path.abspath(workdir)
-  if dry_run:
+  if dry_run:   # stdout: the commands only, so that `| sh` runs them
     for arm in experiment.arms:
-      print(command(arm, plans[arm.name], arm_dir(workdir, arm)))
-    print(f"# when they are done, the table: {command_line}")
+      print(command(arm, plans[arm.name], arm_dir(workdir, arm)), flush=True)
+    print(f"# {len(experiment.arms)} arms; when they are done, the table: {command_line}",
+          file=sys.stderr)
     return {"arms": len(experiment.arms)}
   for i, arm in enumerate(experiment.arms):
     directory, steps = arm_dir(workdir, arm), plans[arm.name]["train.steps"]
@@ -202,3 +212,12 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
           for arm in experiment.arms]
   curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
   return {"table": report.write(experiment, rows, curves, workdir, command_line)}
+
+
+def result_line(result: dict) -> str:
+  """The last line of an experiment run (launch.py prints it)."""
+  if "stopped_by" in result:
+    return (f"stopped by {result['stopped_by']} in arm {result['arm']!r} (saved); run the same "
+            "command again to resume")
+  return (f"done: table {result['table']} (results.csv, loss_vs_flops.png and the bar chart "
+          "beside it)")

@@ -116,18 +116,42 @@ def fit_spec(spec: P, shape, mesh: Mesh) -> P:
   return P(*dims)
 
 
+# Parameters read by a gather (the token embedding table, mgm/nn/layers.py Embed)
+# stay whole on every device, whatever the rules say. A gather's output takes
+# the table's sharding of its last dimension: a table split over `fsdp` along
+# `embed` yields activations split along embed, which the model then wants
+# split along the batch over (data, fsdp). No collective moves a mesh axis
+# from one dimension to another while adding another axis, so the SPMD
+# partitioner replicated the whole activation and re-split it ("Involuntary
+# full rematerialization", in the forward and the backward pass, on any mesh
+# with fsdp > 1). A replicated table costs vocab x width floats (0.8 MB at
+# `base`), and the gathered rows then follow the token ids' batch split.
+GATHERED_PARAMS = ("embedding",)
+
+
+def _param_name(path) -> str:
+  return str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+
+
+def _shards(spec: P, mesh: Mesh) -> int:
+  """Into how many pieces `spec` cuts an array on `mesh`."""
+  axes = [a for dim in spec if dim is not None for a in ((dim,) if isinstance(dim, str) else dim)]
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def _param_specs(boxed_params, rules, mesh: Mesh):
   """Mesh PartitionSpecs of the (unboxed) params, from the boxed abstract init."""
   is_spec = lambda x: isinstance(x, P)
   wanted = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
   shapes = nn.meta.unbox(boxed_params)
-  fitted = jax.tree.map(lambda s, a: fit_spec(s, a.shape, mesh), wanted, shapes,
-                        is_leaf=is_spec)
+  fitted = jax.tree_util.tree_map_with_path(
+      lambda path, s, a: P() if _param_name(path) in GATHERED_PARAMS
+      else fit_spec(s, a.shape, mesh), wanted, shapes, is_leaf=is_spec)
   for (path, a), w, f in zip(jax.tree_util.tree_leaves_with_path(shapes),
                              jax.tree.leaves(wanted, is_leaf=is_spec),
                              jax.tree.leaves(fitted, is_leaf=is_spec)):
-    if w != f:
-      logging.info("%s %s: rules give %s, uneven on mesh %s; using %s",
+    if _shards(w, mesh) != _shards(f, mesh):
+      logging.info("%s %s: rules give %s (uneven on mesh %s, or gathered from); using %s",
                    jax.tree_util.keystr(path), a.shape, w, dict(mesh.shape), f)
   return fitted
 

@@ -1,4 +1,5 @@
-"""The analytic FLOPs formula against XLA's cost analysis of the compiled step."""
+"""The analytic FLOPs formula: the reported count against hand arithmetic, the
+executed count against XLA's cost analysis of the compiled step."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -34,3 +35,28 @@ def test_formula_matches_xla_cost_analysis_within_10_percent(model):
   assert abs(analytic - measured) / measured < 0.10, (analytic, measured)
   # the reported (MaxText) count credits causal attention at half: never more
   assert flops.train_flops_per_token(spec, config.data.seq_len) <= analytic
+
+
+# Hand counts, per token, in FLOPs (2 per multiply-add), x3 for forward and backward.
+# A block of width w over a query attending to k keys: q, k, v, o projections
+# (4 w^2 multiply-adds) and the MLP (2 x 4 w^2), i.e. 24 w^2 FLOPs, plus scores
+# and weighted values (2 w k multiply-adds), 4 w k FLOPs. Causal attention over
+# L positions is credited with k = L/2 keys (MaxText). Vocabulary: 259 bytes+specials.
+
+def test_reported_count_of_flat_base_is_the_hand_count():
+  # 14 blocks of width 768 over 8192 bytes: 14 x (24 x 768^2 + 4 x 768 x 4096)
+  # = 14 x (14,155,776 + 12,582,912) = 374,341,632; unembedding 2 x 768 x 259 = 397,824
+  spec = spec_lib.from_config(lm_configs.get_config("base").model)
+  assert flops.train_flops_per_token(spec, 8192) == 3 * (374_341_632 + 397_824)   # 1,124 MFLOP
+
+
+def test_reported_count_of_megabyte_demo_is_the_hand_count():
+  # 256 bytes in 32 fixed patches of 8, width 128 everywhere, per sequence:
+  #   global: 4 blocks x 32 patches x (24 x 128^2 + 4 x 128 x 16 keys) = 51,380,224
+  #   patch embedding, 8 concatenated bytes: 2 x 1024 x 128 x 32 = 8,388,608
+  #   local: 2 blocks x 256 bytes x (24 x 128^2 + 4 x 128 x 4 keys, half of a patch) = 202,375,168
+  #   global context into each byte: 2 x 128 x 128 x 256 = 8,388,608
+  #   unembedding: 2 x 128 x 259 x 256 = 16,973,824
+  spec = spec_lib.from_config(lm_configs.get_config("model=megabyte,size=demo").model)
+  per_sequence = 51_380_224 + 8_388_608 + 202_375_168 + 8_388_608 + 16_973_824
+  assert flops.train_flops_per_token(spec, 256) == 3 * per_sequence / 256   # 3.37 MFLOP

@@ -1,10 +1,14 @@
-"""The experiment runner end to end: a tiny two-arm experiment writes its table
-and plots; a second invocation skips finished arms and resumes unfinished ones;
---dry_run prints commands that build the very configs the runner trains."""
+"""The experiment runner end to end: a tiny two-arm experiment, its arms
+trained by piping --dry_run's commands to a shell, writes its table and plots;
+a second invocation skips finished arms and resumes unfinished ones; --dry_run
+prints commands that build the very configs the runner trains."""
 import csv
+import json
+import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +18,7 @@ from ml_collections import config_flags
 
 from mgm import loop, runner
 from mgm.errors import ConfigError
+from mgm.validate import validate
 
 from loop_hooks import sigterm_after
 
@@ -35,16 +40,28 @@ def get_experiment(size="tiny"):
 '''
 
 
+def launch(*args, **kwargs):
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  """(spec, workdir) of the tiny experiment, run once through launch.py."""
+  """(spec, workdir) of the tiny experiment: `launch.py --experiment --dry_run | sh`
+  trains the arms, then `launch.py --experiment` finds them done and writes the table."""
   tmp = tmp_path_factory.mktemp("experiment")
   path = tmp / "two.py"
   path.write_text(EXPERIMENT)
   spec, workdir = f"{path}:tiny", tmp / "run"
-  proc = subprocess.run([sys.executable, "launch.py", f"--experiment={spec}",
-                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True)
+  dry = launch(f"--experiment={spec}", f"--workdir={workdir}", "--dry_run")
+  assert dry.returncode == 0, dry.stderr[-3000:]
+  shell = subprocess.run(["sh", "-e"], input=dry.stdout, cwd=ROOT, capture_output=True, text=True)
+  assert shell.returncode == 0, shell.stderr[-3000:]
+  proc = launch(f"--experiment={spec}", f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "arm 1/2 'flat': done" in proc.stderr and "arm 2/2 'MegaByte (P=8)': done" in proc.stderr
+  assert proc.stdout.strip() == f"done: table {workdir / 'results.md'} (results.csv, " \
+                                "loss_vs_flops.png and the bar chart beside it)"
   return spec, workdir
 
 
@@ -54,15 +71,22 @@ def test_table_and_plots_written(finished):
     assert (workdir / name).stat().st_size > 0, name
   rows = list(csv.DictReader(open(workdir / "results.csv")))
   assert [r["arm"] for r in rows] == ["flat", "MegaByte (P=8)"]
-  for row in rows:
-    assert 0 < float(row["eval_bpb"]) < 9 and float(row["chrf"]) >= 0
-  # matched FLOPs: each arm trained for the flat arm's budget, to within one step
-  plans = runner.planned_overrides(runner.load(spec))
-  budget = float(rows[0]["train_flops"])
-  for row, arm in zip(rows, runner.load(spec).arms):
-    per_step = runner.flops_per_step(runner.arm_config(arm, plans[arm.name]))
-    assert int(row["steps"]) == plans[arm.name]["train.steps"]
-    assert abs(float(row["train_flops"]) - budget) <= per_step / 2 + 1
+  for row, arm in zip(rows, ("flat", "megabyte-p-8")):   # the table holds each arm's numbers
+    summary = json.loads((workdir / "arms" / arm / "summary.json").read_text())
+    assert float(row["eval_bpb"]) == pytest.approx(summary["eval_bpb"], rel=1e-9)
+    assert float(row["chrf"]) == pytest.approx(summary["chrf"], rel=1e-9)
+    # trained: below the 8.02 bits of a uniform guess over 259 tokens, above the floor
+    assert summary["entropy_floor_bpb"] < summary["eval_bpb"] < math.log2(259)
+  # matched FLOPs, by hand (tests/test_flops.py's terms; 8 x 64 tokens a step):
+  #   flat: 2 blocks x (24 x 64^2 + 4 x 64 x 32 keys) + unembedding 2 x 64 x 259
+  #         = 246,144 x 3 = 738,432 per token, 378,077,184 per step; 6 steps: the budget
+  #   MegaByte, per 64-byte sequence: global 2 x 8 patches x (98,304 + 4 x 64 x 4 keys)
+  #         = 1,589,248; patch embedding 2 x 512 x 64 x 8 = 524,288; local 1 x 64 x
+  #         (98,304 + 4 x 64 x 4) = 6,356,992; context 2 x 64 x 64 x 64 = 524,288;
+  #         unembedding 2 x 64 x 259 x 64 = 2,121,728: 11,116,544 x 3 / 64 = 521,088 per
+  #         token, 266,797,056 per step; the budget buys 8.50 steps: 9
+  assert [int(r["steps"]) for r in rows] == [6, 9]
+  assert [float(r["train_flops"]) for r in rows] == [6 * 378_077_184, 9 * 266_797_056]
   table = (workdir / "results.md").read_text()
   assert "flat better than MegaByte (P=8) (paper 1 < 1.2)" in table
   assert f"--experiment={spec}" in table
@@ -106,8 +130,9 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
   path.write_text(EXPERIMENT)
   experiment = runner.load(f"{path}:tiny")
   runner.run(f"{path}:tiny", str(tmp_path / "run"), dry_run=True)
-  commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python ")]
+  commands = capsys.readouterr().out.splitlines()   # nothing but the commands
   assert len(commands) == len(experiment.arms)
+  assert all(shlex.split(c)[:2] == [sys.executable, "launch.py"] for c in commands)
   assert not (tmp_path / "run" / "arms").exists()        # nothing trained
   monkeypatch.chdir(ROOT)
   plans = runner.planned_overrides(experiment)
@@ -143,3 +168,60 @@ def test_bad_experiments_name_the_field(tmp_path, body, field):
 def test_missing_experiment_file():
   with pytest.raises(ConfigError, match="`--experiment`: no file"):
     runner.load("experiments/does_not_exist.py:cpu")
+
+
+def test_every_metric_row_and_summary_has_an_mfu_of_at_most_one(finished):
+  _, workdir = finished
+  for arm in ("flat", "megabyte-p-8"):
+    directory = workdir / "arms" / arm
+    rows = [json.loads(l) for l in (directory / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((directory / "summary.json").read_text())
+    for row in rows[1:] + [summary]:   # the first row's window is empty (compilation)
+      assert 0 <= row["mfu"] <= 1.0, (arm, row)
+      assert row["mfu"] > 0 or row.get("invocation_tokens") == 0   # a resume that trained none
+      assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * summary["flops_per_token"]
+                                         / row["peak_flops"])
+
+
+def _documented_summary_keys() -> set:
+  """The keys README.md's summary.json table describes."""
+  readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+  section = readme.split("### summary.json", 1)[1].split("\n#", 1)[0]
+  return {key for line in section.splitlines() if line.startswith("| `")
+          for key in re.findall(r"`(\w+)`", line.split("|")[1])}
+
+
+def test_every_summary_key_is_documented_in_the_readme(finished):
+  _, workdir = finished
+  summary = json.loads((workdir / "arms" / "flat" / "summary.json").read_text())
+  assert set(summary) == _documented_summary_keys()
+
+
+def test_a_resumed_arm_reports_the_run_and_this_invocation_apart(finished, tmp_path):
+  """After a resume, wall_s and tokens cover the whole run; invocation_* this one."""
+  spec, workdir = finished
+  arm = tmp_path / "flat"
+  shutil.copytree(workdir / "arms" / "flat", arm)     # a copy: other tests read the arm
+  before = json.loads((arm / "summary.json").read_text())
+  last_row = json.loads((arm / "metrics.jsonl").read_text().splitlines()[-1])
+  experiment = runner.load(spec)
+  config = runner.arm_config(experiment.arms[0], runner.planned_overrides(experiment)["flat"])
+  after = loop.run(config, str(arm), "train")        # resumes at its last step: trains none
+  assert after == json.loads((arm / "summary.json").read_text())
+  assert after["tokens"] == before["tokens"] == 6 * 8 * 64 and after["invocation_tokens"] == 0
+  assert after["wall_s"] == pytest.approx(last_row["wall_s"] + after["invocation_wall_s"],
+                                          abs=0.5)
+  assert after["wall_s"] > before["invocation_wall_s"] > 0
+
+
+@pytest.mark.parametrize("size", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte"])
+def test_shipped_experiments_load_and_make_valid_configs(name, size):
+  experiment = runner.load(f"experiments/{name}.py:{size}")
+  plans = runner.planned_overrides(experiment)
+  for arm in experiment.arms:
+    config = runner.arm_config(arm, plans[arm.name])
+    validate(config)
+    # a checkpoint at least every CHECKPOINT_STEPS steps; paper-size arms also by the clock
+    assert config.checkpoint.every_steps <= min(config.train.steps, runner.CHECKPOINT_STEPS)
+    assert (config.checkpoint.every_minutes > 0) == (size == "paper")

@@ -181,3 +181,27 @@ def held_out_rows(data_cfg, *, length: int, max_rows: int, limit: int) -> list[n
       if len(rows) == limit:
         break
   return rows
+
+
+def describe_corpus(data_cfg) -> str:
+  """One line on the data a run reads: source, files, documents and bytes per split."""
+  if data_cfg.source == "synthetic":
+    stats = sources.synthetic_corpus(data_cfg).stats()
+    return (f"data: synthetic corpus (corpus_seed {data_cfg.corpus_seed}), documents made on "
+            f"demand, {stats['expected_doc_bytes']:.0f} bytes each on average; train and "
+            f"validation are disjoint streams; entropy floor "
+            f"{stats['entropy_floor_bpb']:.4f} bits/byte")
+  splits = {split: sources.make_source(data_cfg, split) for split in sources.SPLITS}
+  if data_cfg.source == "text":
+    parts = {split: src.files_and_bytes() for split, src in splits.items()}
+    files = set().union(*(paths for paths, _ in parts.values()))
+    shown = ", ".join(sorted(files)[:3]) + (f", ... ({len(files)} files)" if len(files) > 3
+                                            else "")
+    return (f"data: text from {shown}: " + "; ".join(
+        f"{split} {len(splits[split]):,} document(s), {size:,} bytes"
+        for split, (_, size) in parts.items())
+        + f" (documents of at most {data_cfg.text_doc_bytes:,} bytes, validation "
+        f"fraction {data_cfg.val_fraction})")
+  return (f"data: TFDS {data_cfg.tfds_name} field {data_cfg.tfds_text_field!r}: train split "
+          f"{data_cfg.tfds_train_split!r} {len(splits['train']):,} documents; validation split "
+          f"{data_cfg.tfds_eval_split!r} {len(splits['validation']):,} documents")

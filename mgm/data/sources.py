@@ -87,6 +87,10 @@ class TextFileSource:
   def __repr__(self) -> str:
     return f"TextFileSource({len(self)} documents)"
 
+  def files_and_bytes(self) -> tuple[set[str], int]:
+    """The files its documents come from, and their total size in bytes."""
+    return {path for path, _, _ in self._spans}, sum(b - a for _, a, b in self._spans)
+
 
 def match_files(files: str) -> list[str]:
   """Sorted regular files matched by comma-separated globs; each must match."""
