@@ -30,6 +30,14 @@ class TeacherForced:
     return np.stack(out)
 
 
+def ngram_banned(text, n: int) -> set:
+  """Ids that would complete an n-gram already in `text` (0: none)."""
+  if not n or len(text) < n:
+    return set()
+  tail = list(text[len(text) - n + 1:])
+  return {text[j + n - 1] for j in range(len(text) - n + 1) if list(text[j:j + n - 1]) == tail}
+
+
 def log_probs(logits, text, i, spec):
   """log p(next | text) after every processing rule, for new-token index i; -inf
   for what may not be emitted. `text` is prompt + new tokens so far."""
@@ -39,12 +47,7 @@ def log_probs(logits, text, i, spec):
     for v in set(text):
       x[v] = x[v] / p if x[v] > 0 else x[v] * p
   allowed = np.ones(x.shape, bool)
-  n = spec.no_repeat_ngram
-  if n and len(text) >= n:
-    tail = list(text[len(text) - n + 1:])
-    for j in range(len(text) - n + 1):
-      if list(text[j:j + n - 1]) == tail:
-        allowed[text[j + n - 1]] = False
+  allowed[list(ngram_banned(text, spec.no_repeat_ngram))] = False
   allowed[list(spec.banned) + [PAD, BOS]] = False
   if i < spec.min_new or not spec.stop_at_eos:
     allowed[EOS] = False
@@ -56,7 +59,7 @@ def log_probs(logits, text, i, spec):
   return x - np.logaddexp.reduce(x[allowed])
 
 
-def ends(text, prompt_len, token, i, spec) -> bool:
+def ends(text, token, i, spec) -> bool:
   """Does writing `token` (new-token index i; `text` already holds it) end the row?"""
   if i + 1 >= spec.max_new:
     return True
@@ -81,7 +84,7 @@ def exhaustive(tf, prompt, spec):
       logp = log_probs(row, text, i, spec)
       for v in np.flatnonzero(np.isfinite(logp)):
         hyp = (text + [int(v)], score + logp[v])
-        (done if ends(hyp[0], len(prompt), int(v), i, spec) else nxt).append(hyp)
+        (done if ends(hyp[0], int(v), i, spec) else nxt).append(hyp)
     live = nxt
   ranked = [(penalised(s, len(t) - len(prompt), spec.length_penalty), t[len(prompt):])
             for t, s in done]
@@ -105,7 +108,7 @@ def beam(tf, prompt, spec):
       k += 1
       for v in np.flatnonzero(np.isfinite(logp)):
         new = text + [int(v)]
-        cand.append((new, score + logp[v], ends(new, len(prompt), int(v), i, spec)))
+        cand.append((new, score + logp[v], ends(new, int(v), i, spec)))
     beams = sorted(cand, key=lambda c: -c[1])[:spec.beam_size]
   best = max(beams, key=lambda b: penalised(b[1], len(b[0]) - len(prompt), spec.length_penalty))
   return best[0][len(prompt):]

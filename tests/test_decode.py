@@ -243,6 +243,29 @@ def test_pick_draws_from_the_tempered_truncated_distribution(temperature, top_k,
   assert np.all(np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / n)), (freq, probs)
 
 
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_ids():
+  tokens, lengths = jnp.asarray([[3, 1, 3, 4], [2, 0, 0, 4]]), jnp.asarray([3, 1])
+  seen = decode.seen_tokens(tokens, lengths, 5)           # the prompts' ids only
+  assert np.asarray(seen).tolist() == [[False, True, False, True, False],
+                                       [False, False, True, False, False]]
+  logits = jnp.asarray([[2.0, 2.0, -2.0, -1.0, 1.0], [2.0, 2.0, -2.0, -1.0, 1.0]])
+  np.testing.assert_allclose(decode.repetition_penalty(logits, seen, 2.0),
+                             [[2.0, 1.0, -2.0, -2.0, 1.0], [2.0, 2.0, -4.0, -1.0, 1.0]])
+  np.testing.assert_allclose(decode.repetition_penalty(logits, seen, 0.5),
+                             [[2.0, 4.0, -2.0, -0.5, 1.0], [2.0, 2.0, -1.0, -1.0, 1.0]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ngram_bans_are_the_ids_completing_an_ngram_already_present(n):
+  rng = np.random.default_rng(n)
+  buffer = rng.integers(0, 3, size=(16, 24)).astype(np.int32)   # 3 ids: many repeats
+  pos = rng.integers(0, 24, size=16).astype(np.int32)
+  bans = np.asarray(decode.ngram_bans(jnp.asarray(buffer), jnp.asarray(pos), n, 5))
+  for b in range(16):
+    want = ref.ngram_banned(buffer[b, :pos[b]].tolist(), n)
+    assert set(np.flatnonzero(bans[b]).tolist()) == want, f"row {b}, pos {pos[b]}"
+
+
 AB_ONLY = tuple(sorted(set(range(256)) - set(b"ab")))   # a restricted vocabulary: a, b, EOS
 
 
