@@ -293,8 +293,7 @@ def test_eos_ends_a_row_only_with_stop_at_eos_and_after_min_new_tokens(mgm3):
     assert set(row) <= set(b"ab"), row
 
 
-@pytest.mark.parametrize("rule", [dict(repetition_penalty=1.8), dict(no_repeat_ngram=2),
-                                  dict(repetition_penalty=0.7, no_repeat_ngram=3)])
+@pytest.mark.parametrize("rule", [dict(repetition_penalty=1.8), dict(no_repeat_ngram=2)])
 def test_greedy_with_penalties_is_the_argmax_of_the_penalised_teacher_forced_logits(mgm3, rule):
   model, params, seq_len = mgm3
   spec = decode.DecodeSpec(strategy="greedy", max_new=24, stop_at_eos=False, **rule)
