@@ -150,7 +150,7 @@ def base_config():
   c.sample.strategy = "sample"          # greedy | sample | beam
   c.sample.prompt = ""                  # "": the data source's ("= ", or a held-out line)
   c.sample.prompt_file = ""             # or one prompt per line of a UTF-8 file
-  c.sample.num_samples = 2              # per prompt
+  c.sample.num_samples = 2              # per prompt (1 for greedy and beam: deterministic)
   c.sample.max_new_tokens = 128         # prompt + new tokens <= data.seq_len
   c.sample.min_new_tokens = 0
   c.sample.temperature = 0.8
@@ -163,6 +163,8 @@ def base_config():
   c.sample.forced_prefix = ""
   c.sample.stop_at_eos = True
   c.sample.seed = 0
+  c.sample.repetition_penalty = 1.0     # CTRL: > 1 discourages ids already in the text (1 = off)
+  c.sample.no_repeat_ngram_size = 0     # n > 0: never repeat an n-gram of the text (0 = off)
 
   c.mesh = mlc.ConfigDict()             # devices as (data, fsdp, tensor); -1: the rest
   c.mesh.data = -1                      # data parallel (batch split)

@@ -2,8 +2,16 @@
 
 Strategies: greedy, sample (temperature, top-k, top-p), beam (length penalty).
 Constraints: min/max new tokens, banned tokens, a forced prefix, stop
-sequences, EOS. Prompts of different lengths are prefilled in one forward
-pass; the decode loop is one jitted `lax.while_loop` with static shapes.
+sequences, EOS, a repetition penalty (CTRL, Keskar et al. 2019) and no repeated
+n-grams (fairseq's and HF transformers' `no_repeat_ngram_size`). Prompts of
+different lengths are prefilled in one forward pass; the decode loop is one
+jitted `lax.while_loop` with static shapes.
+
+Each step's logits go through `process` (repetition penalty, n-gram bans,
+then `constrain`) before a strategy sees them: sampling draws from
+softmax(processed / temperature) restricted to top-k/top-p; beam scores are
+sums of log_softmax(processed), i.e. log-probabilities of the distribution that
+greedy decoding maximises.
 """
 import dataclasses
 import functools
@@ -37,21 +45,58 @@ class DecodeSpec:
   stop: tuple[tuple[int, ...], ...] = ()
   forced: tuple[int, ...] = ()
   stop_at_eos: bool = True
+  repetition_penalty: float = 1.0  # CTRL: seen tokens' logits / p if > 0 else * p; 1 = off
+  no_repeat_ngram: int = 0         # ban tokens completing an n-gram already present; 0 = off
+
+
+def _number(c, name, default):
+  value = c.get(name, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ConfigError(f"sample.{name}", f"must be a finite number, got {value!r}")
+  return float(value)
+
+
+def _integer(c, name, default):
+  value = c.get(name, default)
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"sample.{name}", f"must be an integer, got {value!r}")
+  return value
 
 
 def from_config(sample_cfg, vocab_size: int = VOCAB_SIZE) -> DecodeSpec:
+  """config.sample -> DecodeSpec; ConfigError naming the field for a bad value, a
+  contradiction, or several samples per prompt from a deterministic strategy."""
   c = sample_cfg
   if c.strategy not in STRATEGIES:
     raise ConfigError("sample.strategy", f"unknown strategy {c.strategy!r}; one of {STRATEGIES}")
   spec = DecodeSpec(
-      strategy=c.strategy, max_new=c.max_new_tokens, min_new=c.min_new_tokens,
-      temperature=float(c.temperature), top_k=c.top_k, top_p=float(c.top_p),
-      beam_size=c.beam_size, length_penalty=float(c.length_penalty),
+      strategy=c.strategy, max_new=_integer(c, "max_new_tokens", 64),
+      min_new=_integer(c, "min_new_tokens", 0), temperature=_number(c, "temperature", 1.0),
+      top_k=_integer(c, "top_k", 0), top_p=_number(c, "top_p", 1.0),
+      beam_size=_integer(c, "beam_size", 1), length_penalty=_number(c, "length_penalty", 1.0),
       banned=tuple(sorted(set(encode(c.banned).tolist()))),
       stop=tuple(tuple(encode(s).tolist()) for s in c.stop if s),
-      forced=tuple(encode(c.forced_prefix).tolist()), stop_at_eos=bool(c.stop_at_eos))
+      forced=tuple(encode(c.forced_prefix).tolist()), stop_at_eos=bool(c.stop_at_eos),
+      repetition_penalty=_number(c, "repetition_penalty", 1.0),
+      no_repeat_ngram=_integer(c, "no_repeat_ngram_size", 0))
   check(spec, vocab_size)
+  copies = c.get("num_samples", 1)
+  if copies > 1 and deterministic(spec):
+    raise ConfigError("sample.num_samples", f"{copies} samples per prompt from a deterministic "
+                      f"decoder ({deterministic(spec)}) would be identical; set "
+                      "--config.sample.num_samples=1 or use sample.strategy=sample")
   return spec
+
+
+def deterministic(spec: DecodeSpec) -> str:
+  """Why `spec` always returns the same output for a prompt ('' if it samples)."""
+  if spec.strategy != "sample":
+    return f"sample.strategy={spec.strategy}"
+  if spec.temperature == 0:
+    return "sample.temperature=0 is greedy"
+  if spec.top_k == 1:
+    return "sample.top_k=1 is greedy"
+  return ""
 
 
 def check(spec: DecodeSpec, vocab_size: int):
@@ -68,8 +113,14 @@ def check(spec: DecodeSpec, vocab_size: int):
     raise ConfigError("sample.top_k", f"{spec.top_k} must lie in [0, {vocab_size}] (0 = off)")
   if not 0.0 < spec.top_p <= 1.0:
     raise ConfigError("sample.top_p", f"{spec.top_p} must lie in (0, 1] (1 = off)")
-  if spec.temperature < 0:
+  if not spec.temperature >= 0:
     raise ConfigError("sample.temperature", f"{spec.temperature} must be >= 0 (0 = greedy)")
+  if not 0 < spec.repetition_penalty < math.inf:
+    raise ConfigError("sample.repetition_penalty", f"{spec.repetition_penalty} must be a "
+                      "finite number > 0 (1 = off, > 1 discourages repeats)")
+  if spec.no_repeat_ngram < 0:
+    raise ConfigError("sample.no_repeat_ngram_size", f"{spec.no_repeat_ngram} must be >= 0 "
+                      "(0 = off, n bans repeating any n-gram)")
   if len(spec.forced) > spec.max_new:
     raise ConfigError("sample.forced_prefix", f"is {len(spec.forced)} bytes, longer than "
                       f"sample.max_new_tokens={spec.max_new}")
@@ -111,10 +162,50 @@ def constrain(logits, i, spec: DecodeSpec):
   banned = jnp.isin(vocab, jnp.asarray(spec.banned + (256, 257), jnp.int32))  # PAD, BOS
   banned |= (vocab == EOS) & ((i < spec.min_new) | (not spec.stop_at_eos))
   logits = jnp.where(banned, NEG, logits)
-  if spec.forced:
+  if spec.forced:          # the forced byte wins over any penalty: log-probability 0
     forced = jnp.asarray(spec.forced, jnp.int32)[jnp.minimum(i, len(spec.forced) - 1)]
-    logits = jnp.where((i < len(spec.forced)) & (vocab != forced), NEG, logits)
+    logits = jnp.where(i < len(spec.forced), jnp.where(vocab == forced, 0.0, NEG), logits)
   return logits
+
+
+def seen_tokens(tokens, lengths, vocab: int):
+  """Which ids occur in each prompt: bool [B, V] from tokens [B, S], lengths [B]."""
+  valid = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  return jnp.zeros((tokens.shape[0], vocab), bool).at[rows, tokens].max(valid)
+
+
+def repetition_penalty(logits, seen, penalty: float):
+  """CTRL's penalty (Keskar et al. 2019, as HF transformers applies it): the logit of
+  every id in `seen` [B, V] is divided by `penalty` if positive, else multiplied."""
+  return jnp.where(seen, jnp.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def ngram_bans(buffer, pos, n: int, vocab: int):
+  """Ids that would complete an n-gram already present (fairseq/HF no_repeat_ngram_size).
+
+  buffer [B, S] holds each row's text before pos [B], the position about to be
+  written; returns bool [B, V]: id v is banned where some j + n <= pos has
+  buffer[j : j + n - 1] == buffer[pos - n + 1 : pos] and buffer[j + n - 1] == v.
+  """
+  width = buffer.shape[1] - n + 1                      # n-gram start positions j
+  match = jnp.arange(width)[None] <= (pos - n)[:, None]
+  for m in range(n - 1):
+    now = jnp.take_along_axis(buffer, jnp.clip(pos - n + 1 + m, 0)[:, None], axis=1)
+    match &= buffer[:, m:m + width] == now
+  rows = jnp.arange(buffer.shape[0])[:, None]
+  return jnp.zeros((buffer.shape[0], vocab), bool).at[rows, buffer[:, n - 1:]].max(match)
+
+
+def process(logits, buffer, pos, seen, i, spec: DecodeSpec):
+  """Everything but the strategy, for new-token index i written at pos [B]: the
+  repetition penalty over `seen` [B, V], n-gram bans over `buffer`, `constrain`."""
+  if spec.repetition_penalty != 1.0:
+    logits = repetition_penalty(logits, seen, spec.repetition_penalty)
+  if spec.no_repeat_ngram:
+    logits = jnp.where(ngram_bans(buffer, pos, spec.no_repeat_ngram, logits.shape[-1]),
+                       NEG, logits)
+  return constrain(logits, i, spec)
 
 
 def nucleus(logits, top_k: int, top_p: float):
@@ -161,45 +252,55 @@ def _sample_loop(model, params, tokens, lengths, spec, key, record_logits):
   rows = jnp.arange(tokens.shape[0])
   first = logits0[rows, lengths]
   trace = jnp.zeros((tokens.shape[0], spec.max_new if record_logits else 0, first.shape[-1]))
+  seen = seen_tokens(tokens, lengths, first.shape[-1])
 
   def cond(carry):
-    i, _, _, _, done, _, _ = carry
+    i, done = carry[0], carry[4]
     return (i < spec.max_new) & ~jnp.all(done)
 
   def body(carry):
-    i, state, logits, buf, done, key, trace = carry
+    i, state, logits, buf, done, key, trace, seen = carry
     key, sub = jax.random.split(key)
     if record_logits:
       trace = trace.at[:, i].set(logits)
-    token = pick(constrain(logits, i, spec), sub, spec).astype(jnp.int32)
-    token = jnp.where(done, PAD, token)
     pos = lengths + i
+    token = pick(process(logits, buf, pos, seen, i, spec), sub, spec).astype(jnp.int32)
+    token = jnp.where(done, PAD, token)
     buf = buf.at[rows, pos].set(token)
+    seen = seen.at[rows, token].set(True)
     done = done | stopped(buf, pos, token, i, spec)
     logits, state = incremental.step(model, params, state, token)
-    return i + 1, state, logits, buf, done, key, trace
+    return i + 1, state, logits, buf, done, key, trace, seen
 
-  carry = (jnp.int32(0), state, first, tokens, jnp.zeros(lengths.shape, bool), key, trace)
-  i, _, _, buf, _, _, trace = jax.lax.while_loop(cond, body, carry)
+  carry = (jnp.int32(0), state, first, tokens, jnp.zeros(lengths.shape, bool), key, trace, seen)
+  _, _, _, buf, _, _, trace, _ = jax.lax.while_loop(cond, body, carry)
   return buf, trace
 
 
 def _beam_loop(model, params, tokens, lengths, spec):
+  """Beam search: each row keeps `beam_size` hypotheses ranked by their sum of
+  log-probabilities; a finished one extends only by PAD (at no cost) and keeps its
+  slot. Every per-hypothesis array (the generator's caches, the buffer, the seen
+  ids) follows its hypothesis when the beams are re-ranked. The result is the
+  hypothesis of highest score / ((5 + n) / 6) ** length_penalty (GNMT), n its new
+  tokens counting the one that stopped it."""
   b, k = tokens.shape[0], spec.beam_size
   logits0, state = incremental.prefill(model, params, tokens, lengths)
   widen = lambda x: jnp.repeat(x, k, axis=0)                  # [B, ...] -> [B*K, ...]
   state, buf, lens = jax.tree.map(widen, state), widen(tokens), widen(lengths)
   logits = widen(logits0[jnp.arange(b), lengths])
+  seen = seen_tokens(buf, lens, logits.shape[-1])
   scores = jnp.tile(jnp.asarray([0.0] + [NEG] * (k - 1)), (b, 1))   # [B, K]
   rows = jnp.arange(b * k)
 
   def cond(carry):
-    i, _, _, _, done, _, _ = carry
+    i, done = carry[0], carry[4]
     return (i < spec.max_new) & ~jnp.all(done)
 
   def body(carry):
-    i, state, logits, buf, done, scores, new_len = carry
-    logp = jax.nn.log_softmax(constrain(logits, i, spec))
+    i, state, logits, buf, done, scores, new_len, seen = carry
+    pos = lens + i
+    logp = jax.nn.log_softmax(process(logits, buf, pos, seen, i, spec))
     vocab = logp.shape[-1]
     finished = jnp.where(jnp.arange(vocab) == PAD, 0.0, NEG)    # done beams only extend by PAD
     logp = jnp.where(done[:, None], finished, logp)
@@ -207,17 +308,18 @@ def _beam_loop(model, params, tokens, lengths, spec):
     scores, flat = jax.lax.top_k(cand, k)                       # [B, K]
     src = (jnp.arange(b)[:, None] * k + flat // vocab).reshape(-1)
     token = (flat % vocab).reshape(-1).astype(jnp.int32)
-    state, buf, done, new_len = jax.tree.map(lambda x: x[src], (state, buf, done, new_len))
-    pos = lens + i
+    state, buf, done, new_len, seen = jax.tree.map(
+        lambda x: x[src], (state, buf, done, new_len, seen))
     buf = buf.at[rows, pos].set(token)
+    seen = seen.at[rows, token].set(True)
     new_len = jnp.where(done, new_len, i + 1)
     done = done | stopped(buf, pos, token, i, spec)
     logits, state = incremental.step(model, params, state, token)
-    return i + 1, state, logits, buf, done, scores, new_len
+    return i + 1, state, logits, buf, done, scores, new_len, seen
 
   carry = (jnp.int32(0), state, logits, buf, jnp.zeros((b * k,), bool), scores,
-           jnp.zeros((b * k,), jnp.int32))
-  _, _, _, buf, _, scores, new_len = jax.lax.while_loop(cond, body, carry)
+           jnp.zeros((b * k,), jnp.int32), seen)
+  _, _, _, buf, _, scores, new_len, _ = jax.lax.while_loop(cond, body, carry)
   penalty = ((5.0 + new_len.reshape(b, k)) / 6.0) ** spec.length_penalty
   best = jnp.argmax(scores / penalty, axis=1)
   return buf.reshape(b, k, -1)[jnp.arange(b), best]

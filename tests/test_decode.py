@@ -1,6 +1,7 @@
 """The composed generator: incremental logits equal teacher-forced ones for every
 preset; strategies and constraints do what they say; bad requests fail clearly."""
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import lm as lm_configs
-from mgm import decode
+import reference_decode as ref
+from mgm import decode, loop
 from mgm.data.tokenizer import EOS, PAD
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
@@ -128,7 +130,8 @@ def test_stop_sequences_stop_and_min_length_holds(mgm3):
 
 def sample_cfg(**overrides):
   config = lm_configs.get_config("model=mgm3,size=tiny").sample
-  config.update(overrides)
+  with config.ignore_type():
+    config.update(overrides)
   return config
 
 
@@ -140,6 +143,18 @@ def sample_cfg(**overrides):
     (dict(top_p=0.0), "sample.top_p"),
     (dict(top_k=-1), "sample.top_k"),
     (dict(strategy="typical"), "sample.strategy"),
+    (dict(repetition_penalty=0.0), "sample.repetition_penalty"),
+    (dict(repetition_penalty=-1.2), "sample.repetition_penalty"),
+    (dict(repetition_penalty=math.nan), "sample.repetition_penalty"),
+    (dict(repetition_penalty=math.inf), "sample.repetition_penalty"),
+    (dict(no_repeat_ngram_size=-1), "sample.no_repeat_ngram_size"),
+    (dict(no_repeat_ngram_size=2.5), "sample.no_repeat_ngram_size"),
+    (dict(temperature=math.nan), "sample.temperature"),
+    (dict(length_penalty=math.inf), "sample.length_penalty"),
+    (dict(strategy="greedy", num_samples=2), "sample.num_samples"),
+    (dict(strategy="beam", num_samples=3), "sample.num_samples"),
+    (dict(temperature=0.0, num_samples=2), "sample.num_samples"),
+    (dict(top_k=1, num_samples=2), "sample.num_samples"),
 ])
 def test_contradictory_or_impossible_requests_name_the_field(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -153,3 +168,168 @@ def test_a_prompt_longer_than_the_model_is_refused(mgm3):
     decode.pack_prompts(["x" * seq_len], spec, model, seq_len)
   with pytest.raises(ConfigError, match=r"sample\.max_new_tokens"):
     decode.pack_prompts(["x" * (seq_len - 4)], spec, model, seq_len)
+
+
+def test_every_preset_and_one_deterministic_sample_per_prompt_are_accepted():
+  for model in lm_configs.MODELS:
+    for size in lm_configs.SIZES:
+      decode.from_config(lm_configs.get_config(f"model={model},size={size}").sample)
+  for strategy in ("greedy", "beam"):
+    spec = decode.from_config(sample_cfg(strategy=strategy, num_samples=1,
+                                         repetition_penalty=1.2, no_repeat_ngram_size=3))
+    assert (spec.strategy, spec.repetition_penalty, spec.no_repeat_ngram) == (strategy, 1.2, 3)
+
+
+# -- each sampling field against its definition --------------------------------
+
+def first_stop(text, start, stops, min_new):
+  """Index (into the new tokens) of the token completing the first whole stop string."""
+  for i in range(max(min_new - 1, 0), len(text) - start):
+    if any(text[:start + i + 1][-len(s):] == list(s) for s in stops if len(s) <= start + i + 1):
+      return i
+  return None
+
+
+def test_a_stop_string_of_several_bytes_ends_the_row_after_its_first_whole_occurrence(mgm3):
+  """The same seed draws the same tokens, so the stopped output is the unstopped one
+  cut right after the first complete stop string (which may begin in the prompt)."""
+  model, params, seq_len = mgm3
+  free = decode.DecodeSpec(strategy="sample", max_new=40, temperature=1.0, stop_at_eos=False)
+  full, lengths, _ = run(model, params, seq_len, free, seed=4)
+  new = lambda b: full[b, lengths[b]:lengths[b] + 40].tolist()
+  stops = (tuple(new(2)[12:15]), tuple(new(3)[25:27]), tuple(b"Go!\n\nN"))
+  spec = dataclasses.replace(free, stop=stops, min_new=3)
+  out, _, _ = run(model, params, seq_len, spec, seed=4)
+  cut = 0
+  for b, n in enumerate(lengths):
+    i = first_stop(full[b, :n + 40].tolist(), int(n), stops, spec.min_new)
+    want = new(b) if i is None else new(b)[:i + 1] + [PAD] * (39 - i)
+    assert out[b, n:n + 40].tolist() == want, f"row {b}, stops {stops}"
+    cut += i is not None
+  assert cut >= 2, "the stop strings rarely fired; the test would prove little"
+
+
+def test_sampled_tokens_lie_in_the_top_k_and_not_only_the_top_1(mgm3):
+  model, params, seq_len = mgm3
+  spec = decode.DecodeSpec(strategy="sample", max_new=24, top_k=3, stop_at_eos=False)
+  out, lengths, trace = run(model, params, seq_len, spec, record=True, seed=6)
+  ranks = []
+  for b, n in enumerate(lengths):
+    logits = np.asarray(decode.constrain(jnp.asarray(trace[b]), 0, spec))
+    order = np.argsort(-logits, axis=-1)
+    ranks += [int(np.flatnonzero(order[i] == out[b, n + i])[0]) for i in range(24)]
+  assert max(ranks) < 3, f"a token of rank {max(ranks)} was drawn with top_k=3"
+  assert min(ranks) == 0 and sum(r > 0 for r in ranks) > 10, ranks
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.5, 0, 1.0), (2.0, 4, 1.0),
+                                                     (1.0, 0, 0.7), (0.8, 5, 0.9)])
+def test_pick_draws_from_the_tempered_truncated_distribution(temperature, top_k, top_p):
+  """Frequencies of 40k draws against softmax(logits / T) cut to the top-k, then to
+  the smallest set of tokens holding top_p of the mass, renormalised."""
+  logits = np.array([2.0, 1.5, 1.0, 0.7, 0.5, 0.0, -0.5, -1.0, -2.0])
+  probs = np.exp(logits / temperature)
+  probs[top_k or len(logits):] = 0.0
+  probs /= probs.sum()
+  probs[(np.cumsum(probs) - probs) >= top_p] = 0.0
+  probs /= probs.sum()
+  spec = decode.DecodeSpec(strategy="sample", temperature=temperature, top_k=top_k,
+                           top_p=top_p)
+  n = 40_000
+  draws = decode.pick(jnp.tile(jnp.asarray(logits, jnp.float32), (n, 1)),
+                      jax.random.key(11), spec)
+  freq = np.bincount(np.asarray(draws), minlength=len(logits)) / n
+  assert np.all(freq[probs == 0] == 0)
+  assert np.all(np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / n)), (freq, probs)
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_ids():
+  tokens, lengths = jnp.asarray([[3, 1, 3, 4], [2, 0, 0, 4]]), jnp.asarray([3, 1])
+  seen = decode.seen_tokens(tokens, lengths, 5)           # the prompts' ids only
+  assert np.asarray(seen).tolist() == [[False, True, False, True, False],
+                                       [False, False, True, False, False]]
+  logits = jnp.asarray([[2.0, 2.0, -2.0, -1.0, 1.0], [2.0, 2.0, -2.0, -1.0, 1.0]])
+  np.testing.assert_allclose(decode.repetition_penalty(logits, seen, 2.0),
+                             [[2.0, 1.0, -2.0, -2.0, 1.0], [2.0, 2.0, -4.0, -1.0, 1.0]])
+  np.testing.assert_allclose(decode.repetition_penalty(logits, seen, 0.5),
+                             [[2.0, 4.0, -2.0, -0.5, 1.0], [2.0, 2.0, -1.0, -1.0, 1.0]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ngram_bans_are_the_ids_completing_an_ngram_already_present(n):
+  rng = np.random.default_rng(n)
+  buffer = rng.integers(0, 3, size=(16, 24)).astype(np.int32)   # 3 ids: many repeats
+  pos = rng.integers(0, 24, size=16).astype(np.int32)
+  bans = np.asarray(decode.ngram_bans(jnp.asarray(buffer), jnp.asarray(pos), n, 5))
+  for b in range(16):
+    want = ref.ngram_banned(buffer[b, :pos[b]].tolist(), n)
+    assert set(np.flatnonzero(bans[b]).tolist()) == want, f"row {b}, pos {pos[b]}"
+
+
+AB_ONLY = tuple(sorted(set(range(256)) - set(b"ab")))   # a restricted vocabulary: a, b, EOS
+
+
+def new_rows(out, lengths, count):
+  return [out[b, n:n + count].tolist() for b, n in enumerate(lengths)]
+
+
+def test_eos_ends_a_row_only_with_stop_at_eos_and_after_min_new_tokens(mgm3):
+  model, params, seq_len = mgm3
+  kernel = params["unembed"]["kernel"]        # EOS as likely as 'a': p ~ 1/3 a step
+  params = dict(params, unembed={"kernel": kernel.replace_boxed(
+      kernel.unbox().at[:, EOS].set(kernel.unbox()[:, ord("a")]))})
+  spec = decode.DecodeSpec(strategy="sample", max_new=16, banned=AB_ONLY, stop_at_eos=True)
+  out, lengths, _ = run(model, params, seq_len, spec, seed=8)
+  rows = new_rows(out, lengths, 16)
+  for row in rows:
+    end = row.index(EOS) + 1 if EOS in row else 16
+    assert set(row[:end - 1]) <= set(b"ab") and row[end:] == [PAD] * (16 - end), row
+  assert sum(EOS in row[:6] for row in rows) >= 2, "EOS was rare; the test would prove little"
+  late, _, _ = run(model, params, seq_len, dataclasses.replace(spec, min_new=6), seed=8)
+  for row in new_rows(late, lengths, 16):
+    assert EOS not in row[:6] and PAD not in row[:6], row
+  never, _, _ = run(model, params, seq_len, dataclasses.replace(spec, stop_at_eos=False), seed=8)
+  for row in new_rows(never, lengths, 16):
+    assert set(row) <= set(b"ab"), row
+
+
+@pytest.mark.parametrize("rule", [dict(repetition_penalty=1.8), dict(no_repeat_ngram=2)])
+def test_greedy_with_penalties_is_the_argmax_of_the_penalised_teacher_forced_logits(mgm3, rule):
+  model, params, seq_len = mgm3
+  spec = decode.DecodeSpec(strategy="greedy", max_new=24, stop_at_eos=False, **rule)
+  out, lengths, _ = run(model, params, seq_len, spec)
+  reference = teacher_forced(model, params, out)
+  changed = 0
+  for b, n in enumerate(lengths):
+    for i in range(24):
+      text = out[b, :n + i].tolist()
+      want = np.argmax(ref.log_probs(reference[b, n + i], text, i, spec))
+      assert out[b, n + i] == want, f"row {b}, new token {i}"
+      changed += want != allowed_argmax(reference[b, n + i])
+    n_gram = spec.no_repeat_ngram
+    grams = [tuple(out[b, j:j + n_gram]) for j in range(n + 24 - n_gram + 1)] if n_gram else []
+    for j in range(max(n - n_gram + 1, 0), len(grams)):
+      assert grams[j] not in grams[:j], f"row {b} repeats the {n_gram}-gram {grams[j]}"
+  assert changed, "the rule never changed a token; the test would prove nothing"
+
+
+def test_samples_follow_the_prompt_file_and_sample_seed(mgm3, tmp_path):
+  model, params, seq_len = mgm3
+  config = lm_configs.get_config("model=mgm3,size=tiny")
+  path = tmp_path / "prompts.txt"
+  path.write_text("= Alpha\n\n= Beta =\n")
+  config.sample.update(prompt_file=str(path), max_new_tokens=12, temperature=1.0)
+  run_ = loop.Run(config, str(tmp_path), model, *[None] * 6, 0.0)
+  texts = run_.samples(params, step=3)
+  assert [t[:len(p)] for t, p in zip(texts, ["= Alpha"] * 2 + ["= Beta ="] * 2)] == \
+      ["= Alpha"] * 2 + ["= Beta ="] * 2
+  assert texts[0] != texts[1], "two samples of one prompt are identical"
+  assert run_.samples(params, step=3) == texts
+  config.sample.seed = 1
+  assert run_.samples(params, step=3) != texts
+  path.write_text("\n\n")
+  with pytest.raises(ConfigError, match=r"sample\.prompt_file"):
+    run_.samples(params, step=3)
+  config.sample.prompt_file = str(tmp_path / "missing.txt")
+  with pytest.raises(ConfigError, match=r"sample\.prompt_file"):
+    run_.samples(params, step=3)
