@@ -108,6 +108,8 @@ def base_config():
   c.data.source = "synthetic"           # synthetic | text | tfds
   c.data.seq_len = SHAPES["demo"][3]
   c.data.corpus_seed = 0                # the synthetic corpus's identity
+  c.data.packing = "document_mask"      # document_mask (packed documents do not see each
+                                        # other) | none (a row is one stream); README
   c.data.synthetic = mlc.ConfigDict()   # extra SyntheticCorpus arguments
   c.data.files = ""                     # text: glob(s), comma-separated
   c.data.text_doc_bytes = 65536

@@ -41,9 +41,6 @@ def shift_right(x, first):
   return jnp.concatenate([first, x[:, :-1]], axis=1)
 
 
-PACKINGS = ("document_mask", "none")
-
-
 @dataclasses.dataclass(frozen=True)
 class DocLayout:
   """Where each element of one level sits in its document (packing=document_mask).
