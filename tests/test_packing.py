@@ -23,11 +23,12 @@ from mgm.model import incremental
 from mgm.model import segment as seg_lib
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
+from mgm.nn import attention
 from mgm.train import init_params
 from mgm.validate import validate
 
 SEQ = 64   # the tiny presets' data.seq_len
-DOC = "Go on. The cat sat, ok!\n\nNew pa"           # the document under test (31 bytes)
+DOC = " Go on. The cat sat, ok!\n\nNew p"   # under test: 31 bytes, opening with a delimiter
 BEFORE = ["Hi there. A b", "x", "Some other words, here. Yes"]   # 13, 1, 27 bytes
 
 
@@ -161,6 +162,23 @@ def test_units_never_span_a_document_and_patches_restart(name):
         for a, b in zip(first, list(first[1:]) + [SEQ]):
           lengths = np.bincount(units[r, a:b] - units[r, a])
           assert np.all(lengths[:-1] == size) and 0 < lengths[-1] <= size
+
+
+@pytest.mark.parametrize("span", ["full", "window:16"])
+def test_long_and_local_attention_keep_documents_apart(span, monkeypatch):
+  """The chunked long-sequence path (queries in chunks, here of 32) and
+  blockwise window attention equal one masked block: causal, same document,
+  within the window."""
+  monkeypatch.setattr(attention, "QUERY_CHUNK", 32)
+  length, rng = 96, np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, length, 2, 8)), jnp.float32) for _ in range(3))
+  ids = jnp.asarray(np.sort(rng.integers(0, 5, (2, length)), axis=1))
+  window = int(span[7:]) if span.startswith("window") else length
+  t = np.arange(length)
+  mask = (ids[:, :, None] == ids[:, None, :]) & ((t[:, None] - t[None]) < window)
+  reference = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True)
+  np.testing.assert_allclose(attention.attend(q, k, v, span, doc_ids=ids), reference,
+                             atol=1e-5, rtol=1e-5)
 
 
 def test_document_ids_are_the_pipelines_segment_ids():

@@ -99,7 +99,7 @@ def attend(q, k, v, span: str, unit_ids=None, unit_window: int | None = None,
   if window is None or window >= q.shape[1]:
     if ids is not None:   # short sequence or full span: one masked block
       if kind != "parent" and q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
-        return chunked_causal_attention(q, k, v, doc_ids=ids)
+        return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=ids)
       mask = (ids[:, :, None] == ids[:, None, :])[:, None]
       return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
     if fused_impl(impl, q.dtype) == "cudnn":
