@@ -59,7 +59,7 @@ def validate(config):
   _validate_checkpoint(config.checkpoint, config.train)
   spec = spec_lib.from_config(config.model)
   spec_lib.check_hierarchy(spec.levels, config.data.seq_len)
-  spec_lib.check_packing(config.data.packing, spec.levels)
+  spec_lib.check_packing(config.data.packing)
   sample = decode.from_config(config.sample, config.model.vocab_size)
   prompt_bytes = len(config.sample.prompt.encode())
   if prompt_bytes + sample.max_new > config.data.seq_len:

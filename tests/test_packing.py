@@ -33,7 +33,10 @@ BEFORE = ["Hi there. A b", "x", "Some other words, here. Yes"]   # 13, 1, 27 byt
 
 
 def model_of(name, packing="document_mask"):
-  config = lm_configs.get_config(f"model={name},size=tiny")
+  """A tiny preset; 'megabyte-linear': MEGABYTE with linear upsampling."""
+  config = lm_configs.get_config(f"model={name.split('-')[0]},size=tiny")
+  if name.endswith("-linear"):
+    config.model.levels[0].upsample = "linear"
   return LM(spec_lib.from_config(config.model), packing)
 
 
@@ -62,7 +65,7 @@ def logits(name, rows, packing="document_mask"):
   return np.asarray(_apply(name, packing)(params_of(name), jnp.asarray(padded)))[:len(rows)]
 
 
-@pytest.mark.parametrize("name", lm_configs.MODELS)
+@pytest.mark.parametrize("name", lm_configs.MODELS + ("megabyte-linear",))
 def test_a_documents_logits_do_not_depend_on_what_was_packed_before_it(name):
   # DOC alone, then after documents of 13, 1+27 and 27 bytes (so it starts
   # mid-patch for megabyte/hourglass), the last two differing only in content.
@@ -98,7 +101,7 @@ def test_causal_with_documents_ending_anywhere(name):
                                err_msg=f"a change at position {j} leaked backwards")
 
 
-@pytest.mark.parametrize("name", ["flat", "megabyte", "mgm3"])
+@pytest.mark.parametrize("name", ["flat", "megabyte", "megabyte-linear", "mgm3"])
 def test_cached_steps_equal_teacher_forced_across_document_ends(name):
   """Prefill a prompt, then step through a row of several documents: the
   decoder's logits equal the teacher-forced ones at every position."""
@@ -203,28 +206,14 @@ def test_fixed_patch_bound_holds_on_the_corpus():
     assert int(jnp.max(seg.counts[0])) > config.data.seq_len // 8
 
 
-@pytest.mark.parametrize("overrides", [{"data.packing": "documents"},
-                                       {"data.packing": "document_mask",
-                                        "model.levels[0].upsample": "linear"}])
-def test_bad_packing_names_the_field(overrides):
+def test_bad_packing_names_the_field():
   config = lm_configs.get_config("model=megabyte,size=tiny")
-  for dotted, value in overrides.items():
-    section, _, name = dotted.partition(".")
-    if name.startswith("levels[0]."):
-      config.model.levels[0][name.split(".")[1]] = value
-    else:
-      config[section][name] = value
+  assert config.data.packing == "document_mask"        # the default
+  validate(config)
+  config.data.packing = "documents"
   with pytest.raises(ConfigError) as err:
     validate(config)
   assert err.value.field == "data.packing"
-
-
-def test_default_is_document_mask_and_none_with_linear_upsampling_is_valid():
-  config = lm_configs.get_config("model=megabyte,size=tiny")
-  assert config.data.packing == "document_mask"
-  config.data.packing = "none"
-  config.model.levels[0].upsample = "linear"
-  validate(config)
 
 
 def test_a_run_saved_before_packing_existed_resumes_with_packing_none(tmp_path):

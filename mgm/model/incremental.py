@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mgm.data.tokenizer import BOS, EOS
 from mgm.model import segment as seg_lib
-from mgm.model.lm import LM
+from mgm.model.lm import LM, child_slots
 from mgm.nn.attention import parse_span
 
 
@@ -52,13 +52,13 @@ class Parts:
     """Level i's start vector (the shifted input of its first unit). [D_i]"""
     return self.lm.starts[i]
 
-  def context(self, i, ctx, child):
-    """Level i-1 context [B, D] -> the input added to its child number `child` [B]
-    (counted over the whole level; linear upsampling picks child % P's projection)."""
+  def context(self, i, ctx, kid):
+    """Level i-1 context [B, D] -> the input added to its child at position `kid`
+    [B] within it (linear upsampling picks that position's projection)."""
     out = self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]      # [B, (P,) D_i]
     if out.ndim == 2:
       return out
-    slot = (child % out.shape[1])[:, None, None]
+    slot = jnp.clip(kid, 0, out.shape[1] - 1)[:, None, None]
     return jnp.take_along_axis(out, slot, axis=1)[:, 0]
 
   def pool(self, i, method):
@@ -248,8 +248,18 @@ def prefill(model: LM, params, tokens, lengths):
                            jnp.zeros((b, seg.max_units[0]), jnp.int32)),
         "doc_of_slot": docs[i][0],
         "pos_of_slot": docs[i][1],
+        "kid": _kid(seg, i, closed[i], b),
     })
   return out["logits"], state
+
+
+def _kid(seg, i, slot, batch: int):
+  """Position of level i's unit `slot` [B] within its parent unit. [B]"""
+  if i == 0:
+    return jnp.zeros((batch,), jnp.int32)
+  n = seg.max_units[i]
+  _, kid = child_slots(seg.parents(i - 1), seg.max_units[i - 1])
+  return jnp.take_along_axis(kid, jnp.clip(slot, 0, n - 1)[:, None], axis=1)[:, 0]
 
 
 def _doc_ids_and_pos(layout, size: int, batch: int):
@@ -284,12 +294,16 @@ def _pool_and_close(parts, model, i, lv, elem, has, close):
   return down, {**lv, "acc": acc, "pre": pre}
 
 
-def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc, new_doc):
+def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc, new_doc,
+               parent_close):
   """Where level i closed a unit, run G_i on the new one: input = the closed unit's
   summary, or the start vector where it opens document `doc` [B] (`new_doc` [B])
-  (+ its parent's context); its output is the new unit's context."""
+  (+ its parent's context, which opened a unit too where `parent_close` [B]);
+  its output is the new unit's context."""
   level = model.levels[i]
   closed = lv["closed"] + close.astype(jnp.int32)
+  kid = lv["kid"] if parent_close is None else jnp.where(
+      close, jnp.where(parent_close, 0, lv["kid"] + 1), lv["kid"])
   rows = jnp.arange(closed.shape[0])
   slot = jnp.minimum(closed, lv["parent_of_slot"].shape[1] - 1)
   put = lambda a, value: a.at[rows, slot].set(jnp.where(close, value, a[rows, slot]))
@@ -302,7 +316,7 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
   down = jnp.where(new_doc[:, None], parts.start(i).astype(down.dtype), down)
 
   def step_level(caches):
-    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, closed)
+    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, kid)
     mask, pos = unit_layout(level, closed, lv, parent_of_slot.shape[1])
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
@@ -311,7 +325,7 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
 
   ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
   ctx = jnp.where(close[:, None], ctx, lv["ctx"])
-  return {**lv, "gen": gen, "ctx": ctx, "closed": closed}
+  return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "kid": kid}
 
 
 def step(model: LM, params, state, token):
@@ -338,7 +352,7 @@ def step(model: LM, params, state, token):
   parent_ctx, parent_closed = None, None
   for i in range(n - 1):                                # up path: coarse -> fine
     lvs[i] = _open_unit(parts, model, i, lvs[i], downs[i], parent_ctx, parent_closed,
-                        bounds[i], doc, new_doc)
+                        bounds[i], doc, new_doc, bounds[i - 1] if i else None)
     parent_ctx, parent_closed = lvs[i]["ctx"], lvs[i]["closed"]
   tok_unit = state["tok_unit"]
   if n > 1:
@@ -346,7 +360,7 @@ def step(model: LM, params, state, token):
   tok_doc = tok_doc.at[rows, nxt].set(doc)
   doc_start = jnp.where(new_doc, nxt, doc_start)
   x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
-  x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, nxt)
+  x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, lvs[-1]["len"])
   mask, pos = token_layout(model, nxt, tok_unit, tok_doc, doc_start, slots)
   out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
   logits = parts.logits(out[:, None])[:, 0]

@@ -60,6 +60,15 @@ def doc_layout(ids) -> DocLayout:
   return DocLayout(ids, n - start, first)
 
 
+def child_slots(parents, num: int):
+  """(parent, position within it) of each child, parents [B, L] -> ([B, L], [B, L]);
+  a parent's children are consecutive. Parents out of range are clipped."""
+  index = jnp.broadcast_to(jnp.arange(parents.shape[1]), parents.shape)
+  first = jax.vmap(lambda i, p: jax.ops.segment_min(i, p, num))(index, parents)
+  parents = jnp.clip(parents, 0, num - 1)
+  return parents, index - jnp.take_along_axis(first, parents, axis=1)
+
+
 class LM(nn.Module):
   spec: ModelSpec
   packing: str = "none"    # none | document_mask (data.packing; see the module doc)
@@ -181,10 +190,15 @@ class LM(nn.Module):
     """Context of level i-1 units [B, N, D_{i-1}] -> what each element of level i
     adds to its input [B, L, D_i]."""
     project = self.contexts[i - 1]
+    p = self._patch(i - 1)
     if self.spec.levels[i - 1].upsample == "linear":
       out = project(ctx)                                      # [B, N, P, D_i]
-      return out.reshape(out.shape[0], -1, out.shape[-1])
-    p = self._patch(i - 1)
+      flat = out.reshape(out.shape[0], -1, out.shape[-1])     # [B, N * P, D_i]
+      if p:
+        return flat
+      parents, k = child_slots(seg.parents(i - 1), ctx.shape[1])
+      index = parents * out.shape[2] + jnp.clip(k, 0, out.shape[2] - 1)
+      return jnp.take_along_axis(flat, index[..., None], axis=1)
     if p:
       return project(jnp.repeat(ctx, p, axis=1))
     parents = jnp.clip(seg.parents(i - 1), 0, ctx.shape[1] - 1)

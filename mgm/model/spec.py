@@ -178,19 +178,13 @@ def check_hierarchy(levels, seq_len: int, field_seq_len: str = "data.seq_len"):
                         "coarse levels; the token level already has the token loss")
 
 
-def check_packing(packing, levels):
-  """data.packing against the levels: 'none' (one stream per row) or
-  'document_mask' (each document alone; fixed patches restart at documents, so
-  a level needing a static patch grid cannot have it)."""
+def check_packing(packing):
+  """data.packing: 'document_mask' (each document of a row alone) or 'none' (a row
+  is one stream); see mgm/model/lm.py."""
   if packing not in PACKINGS:
     raise ConfigError("data.packing", f"unknown packing {packing!r}; use document_mask "
                       "(documents packed in a row do not see each other) or none (a row "
                       "is one stream)")
-  for i, level in enumerate(levels[:-1]):
-    if packing == "document_mask" and level.upsample == "linear":
-      raise ConfigError("data.packing", f"document_mask restarts fixed patches at each "
-                        f"document, and model.levels[{i}].upsample=linear needs a static "
-                        "patch grid; use data.packing=none or upsample=repeat")
 
 
 def from_config(model_cfg) -> ModelSpec:
