@@ -45,7 +45,7 @@ class Run:
   @classmethod
   def create(cls, config, workdir, mesh=None):
     """`mesh` defaults to the one `config.mesh` makes of all devices."""
-    model = LM(spec_lib.from_config(config.model))
+    model = LM(spec_lib.from_config(config.model), config.data.packing)
     tx, schedule = make_optimizer(config.train)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     layout = sharding.make_layout(config, model, tx, mesh)

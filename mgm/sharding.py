@@ -281,7 +281,7 @@ def aot_memory_report(config, mesh: Mesh) -> dict:
   and report XLA's memory estimate per device, so a config too large for its
   devices fails here, before anyone pays for them. On fake CPU devices the
   numbers are the CPU compiler's; an accelerator's differ (fusion, layouts)."""
-  model = LM(spec_lib.from_config(config.model))
+  model = LM(spec_lib.from_config(config.model), config.data.packing)
   tx, _ = make_optimizer(config.train)
   layout = make_layout(config, model, tx, mesh)
   step = layout.train_step(make_train_step(model, tx, config.train.grad_accum))

@@ -131,6 +131,7 @@ def validate(config):
   spec_lib.check_hierarchy(spec.levels, config.data.seq_len)
   sharding.check_rules(config.mesh.rules)
   sharding.mesh_shape(config.mesh, jax.device_count())
+  spec_lib.check_packing(config.data.packing)
   sample = decode.from_config(config.sample, config.model.vocab_size)
   if set(range(256)) - NOT_IN_UTF8 <= set(sample.banned):
     raise ConfigError("sample.banned", "bans every byte UTF-8 text uses; nothing readable "

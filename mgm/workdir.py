@@ -32,13 +32,15 @@ def _diff(old, new, prefix=""):
 
 def with_model_defaults(saved: dict) -> dict:
   """A saved config with the model fields added since it was written set to their
-  defaults (what that run used), so a new field never blocks its resume."""
+  defaults (what that run used), so a new field never blocks its resume; a run
+  from before data.packing read rows as one stream: packing 'none'."""
   model = saved.get("model", {})
   for level in model.get("levels", []):
     for name, value in field_defaults(LevelSpec).items():
       level.setdefault(name, value)
   for name, value in field_defaults(ModelSpec).items():
     model.setdefault(name, value)
+  saved.setdefault("data", {}).setdefault("packing", "none")   # runs before data.packing
   return saved
 
 

@@ -11,6 +11,12 @@ A pre-layer slot written for a row that did not close is that row's open slot,
 rewritten when the unit closes before anything reads it; generator caches are
 kept as they were for such rows (their open unit's keys are read by the next).
 
+Documents (packing=document_mask): every slot records its document and its
+position in it; a query attends only to its document's slots, at that
+position, and a written EOS starts a document: the next token's input is BOS
+and every level's next unit (EOS closed them all) gets the start vector. With
+packing 'none' there is one document and positions are slot indices.
+
 `prefill` builds the state from one teacher-forced pass over right-padded
 prompts; `step` absorbs one token per row and returns the next logits.
 Incremental logits equal the teacher-forced ones (tests/test_decode.py).
@@ -18,9 +24,9 @@ Incremental logits equal the teacher-forced ones (tests/test_decode.py).
 import jax
 import jax.numpy as jnp
 
-from mgm.data.tokenizer import BOS
+from mgm.data.tokenizer import BOS, EOS
 from mgm.model import segment as seg_lib
-from mgm.model.lm import LM
+from mgm.model.lm import LM, child_slots
 from mgm.nn.attention import parse_span
 
 
@@ -42,13 +48,17 @@ class Parts:
   def embed(self, tokens):
     return self.pure(self.lm.embed)(tokens)
 
-  def context(self, i, ctx, child):
-    """Level i-1 context [B, D] -> the input added to its child number `child` [B]
-    (counted over the whole level; linear upsampling picks child % P's projection)."""
+  def start(self, i):
+    """Level i's start vector (the shifted input of its first unit). [D_i]"""
+    return self.lm.starts[i]
+
+  def context(self, i, ctx, kid):
+    """Level i-1 context [B, D] -> the input added to its child at position `kid`
+    [B] within it (linear upsampling picks that position's projection)."""
     out = self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]      # [B, (P,) D_i]
     if out.ndim == 2:
       return out
-    slot = (child % out.shape[1])[:, None, None]
+    slot = jnp.clip(kid, 0, out.shape[1] - 1)[:, None, None]
     return jnp.take_along_axis(out, slot, axis=1)[:, 0]
 
   def pool(self, i, method):
@@ -60,10 +70,11 @@ class Parts:
 
 # -- layouts: which slots a query may attend, and its rotary position ---------
 
-def token_layout(model: LM, p, tok_unit, slots: int):
+def token_layout(model: LM, p, tok_unit, tok_doc, doc_start, slots: int):
   """Key window (start [B], mask [B, W]) and rotary position [B] for a token-level
-  query at p [B]: a local span reads only the W slots it can see."""
-  levels = model.spec.levels
+  query at p [B] of the document opened at doc_start [B] (tok_doc [B, S]: each
+  slot's document): a local span reads only the W slots it can see."""
+  levels = model.levels
   kind, window = parse_span(levels[-1].span)
   patch = model._token_patch() if model._patched(len(levels) - 1) else None
   if patch:
@@ -82,20 +93,25 @@ def token_layout(model: LM, p, tok_unit, slots: int):
   elif kind == "parent" and not patch:
     unit = jnp.take_along_axis(tok_unit, p[:, None], axis=1)
     mask &= jnp.take_along_axis(tok_unit, keys, axis=1) == unit
-  return (start, mask), (p % patch if patch else p)
+  doc = jnp.take_along_axis(tok_doc, p[:, None], axis=1)
+  mask &= jnp.take_along_axis(tok_doc, keys, axis=1) == doc
+  return (start, mask), (p % patch if patch else p - doc_start)
 
 
-def unit_layout(level, j, parent_of_slot, slots: int):
+def unit_layout(level, j, lv, slots: int):
   """Key window (start [B] = 0, mask [B, N]) and rotary position [B] for a
-  coarse-level query at slot j [B]."""
+  coarse-level query at slot j [B]; `lv` holds each slot's parent, document and
+  position in it ('parent_of_slot', 'doc_of_slot', 'pos_of_slot': [B, N])."""
   keys = jnp.arange(slots)[None]
   mask = keys <= j[:, None]
   kind, window = parse_span(level.span)
+  at_j = lambda a: jnp.take_along_axis(a, jnp.minimum(j, slots - 1)[:, None], axis=1)
   if kind == "window":
     mask &= j[:, None] - keys < window
   elif kind == "parent":
-    mask &= parent_of_slot == jnp.take_along_axis(parent_of_slot, j[:, None], axis=1)
-  return (jnp.zeros_like(j), mask), j
+    mask &= lv["parent_of_slot"] == at_j(lv["parent_of_slot"])
+  mask &= lv["doc_of_slot"] == at_j(lv["doc_of_slot"])
+  return (jnp.zeros_like(j), mask), at_j(lv["pos_of_slot"])[:, 0]
 
 
 def run_stack(fn, x, caches, index, mask, pos):
@@ -190,19 +206,24 @@ def prefill(model: LM, params, tokens, lengths):
   Returns (logits [B, S, V], state): logits[b, lengths[b]] is the next-token
   prediction, and `state` continues from there.
   """
-  levels = model.spec.levels
+  levels = model.levels
   n, (b, s) = len(levels), tokens.shape
   out, variables = model.apply({"params": params}, tokens, method=LM.forward,
                                mutable=["intermediates"])
   kv, parts, seg = variables["intermediates"], Parts(model, params), out["seg"]
   rows, valid = jnp.arange(b), jnp.arange(s)[None] < lengths[:, None]
   last = jnp.clip(lengths - 1, 0)
+  docs = [_doc_ids_and_pos(d, size, b) for d, size in
+          zip(out["docs"], list(seg.max_units) + [s])]
+  at = jnp.clip(lengths, 0, s - 1)
   state = {
       "t": lengths.astype(jnp.int32),
       "prev": jnp.where(lengths > 0, tokens[rows, last], BOS),
       "tok_pre": _caches_from(kv, f"pre_{n - 1}", levels[-1].pre_layers, b),
       "tok_gen": _caches_from(kv, f"level_{n - 1}", levels[-1].depth, b),
       "tok_unit": seg.unit_of_token[-1] if n > 1 else jnp.zeros((b, s), jnp.int32),
+      "tok_doc": docs[-1][0],
+      "doc_start": (at - docs[-1][1][rows, at]).astype(jnp.int32),
       "levels": [],
   }
   closed = [jnp.sum(bounds & valid, axis=1).astype(jnp.int32) for bounds in seg.bounds]
@@ -213,34 +234,55 @@ def prefill(model: LM, params, tokens, lengths):
     member = ((jnp.arange(children.shape[1])[None] < complete[:, None])
               & (seg.parents(i) == closed[i][:, None]))
     scores = parts.pool(i, "score")(children) if level.pool == "attention" else None
-    patch = model._patch(i)
+    first_member = jnp.argmax(member, axis=1)            # the open unit's first child
     state["levels"].append({
         "pre": _caches_from(kv, f"pre_{i}", level.pre_layers, b),
         "gen": _caches_from(kv, f"level_{i}", level.depth, b),
         "closed": closed[i],
         "len": (lengths - 1 - last_bound).astype(jnp.int32),
-        "acc": acc_from_prefix(level.pool, children, member, scores,
-                               closed[i] * (patch or 0), patch),
+        "acc": acc_from_prefix(level.pool, children, member, scores, first_member,
+                               model._static_patch(i)),
         "ctx": jnp.take_along_axis(out["contexts"][i], jnp.clip(
             closed[i], 0, seg.max_units[i] - 1)[:, None, None], axis=1)[:, 0],
         "parent_of_slot": (seg.parents(i - 1) if i else
                            jnp.zeros((b, seg.max_units[0]), jnp.int32)),
+        "doc_of_slot": docs[i][0],
+        "pos_of_slot": docs[i][1],
+        "kid": _kid(seg, i, closed[i], b),
     })
   return out["logits"], state
+
+
+def _kid(seg, i, slot, batch: int):
+  """Position of level i's unit `slot` [B] within its parent unit. [B]"""
+  if i == 0:
+    return jnp.zeros((batch,), jnp.int32)
+  n = seg.max_units[i]
+  _, kid = child_slots(seg.parents(i - 1), seg.max_units[i - 1])
+  return jnp.take_along_axis(kid, jnp.clip(slot, 0, n - 1)[:, None], axis=1)[:, 0]
+
+
+def _doc_ids_and_pos(layout, size: int, batch: int):
+  """(document id, position in it) [B, size] per slot: from a DocLayout, or one
+  document at slot positions without document_mask."""
+  if layout is None:
+    return (jnp.zeros((batch, size), jnp.int32),
+            jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (batch, size)))
+  return layout.ids.astype(jnp.int32), layout.pos.astype(jnp.int32)
 
 
 # -- one step ------------------------------------------------------------------
 
 def _pool_and_close(parts, model, i, lv, elem, has, close):
   """Level i absorbs a child; where its unit closes, pool it and run its pre-layers."""
-  level = model.spec.levels[i]
+  level = model.levels[i]
   score = parts.pool(i, "score")(elem) if level.pool == "attention" else None
   acc = acc_add(level.pool, lv["acc"], elem, score, has)
   width = level.width
 
   def close_units(acc, caches):
     down = parts.pool(i, "project")(acc_final(level.pool, acc))
-    mask, pos = unit_layout(level, lv["closed"], lv["parent_of_slot"], lv["parent_of_slot"].shape[1])
+    mask, pos = unit_layout(level, lv["closed"], lv, lv["parent_of_slot"].shape[1])
     return run_stack(parts.stack("pre", i), down, caches, lv["closed"], mask, pos)
 
   skip = lambda acc, caches: (jnp.zeros((elem.shape[0], width), elem.dtype), caches)
@@ -252,21 +294,30 @@ def _pool_and_close(parts, model, i, lv, elem, has, close):
   return down, {**lv, "acc": acc, "pre": pre}
 
 
-def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close):
+def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc, new_doc,
+               parent_close):
   """Where level i closed a unit, run G_i on the new one: input = the closed unit's
-  summary (+ its parent's context); its output is the new unit's context."""
-  level = model.spec.levels[i]
+  summary, or the start vector where it opens document `doc` [B] (`new_doc` [B])
+  (+ its parent's context, which opened a unit too where `parent_close` [B]);
+  its output is the new unit's context."""
+  level = model.levels[i]
   closed = lv["closed"] + close.astype(jnp.int32)
-  parent_of_slot = lv["parent_of_slot"]
+  kid = lv["kid"] if parent_close is None else jnp.where(
+      close, jnp.where(parent_close, 0, lv["kid"] + 1), lv["kid"])
+  rows = jnp.arange(closed.shape[0])
+  slot = jnp.minimum(closed, lv["parent_of_slot"].shape[1] - 1)
+  put = lambda a, value: a.at[rows, slot].set(jnp.where(close, value, a[rows, slot]))
+  prev_pos = lv["pos_of_slot"][rows, jnp.maximum(slot - 1, 0)]
+  lv = {**lv, "doc_of_slot": put(lv["doc_of_slot"], doc),
+        "pos_of_slot": put(lv["pos_of_slot"], jnp.where(new_doc, 0, prev_pos + 1))}
   if parent_closed is not None:
-    rows = jnp.arange(closed.shape[0])
-    slot = jnp.minimum(closed, parent_of_slot.shape[1] - 1)
-    parent_of_slot = parent_of_slot.at[rows, slot].set(
-        jnp.where(close, parent_closed, parent_of_slot[rows, slot]))
+    lv["parent_of_slot"] = put(lv["parent_of_slot"], parent_closed)
+  parent_of_slot = lv["parent_of_slot"]
+  down = jnp.where(new_doc[:, None], parts.start(i).astype(down.dtype), down)
 
   def step_level(caches):
-    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, closed)
-    mask, pos = unit_layout(level, closed, parent_of_slot, parent_of_slot.shape[1])
+    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, kid)
+    mask, pos = unit_layout(level, closed, lv, parent_of_slot.shape[1])
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
     write_at = jnp.where(close, closed, parent_of_slot.shape[1])
@@ -274,20 +325,25 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close):
 
   ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
   ctx = jnp.where(close[:, None], ctx, lv["ctx"])
-  return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "parent_of_slot": parent_of_slot}
+  return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "kid": kid}
 
 
 def step(model: LM, params, state, token):
   """Absorb `token` [B] at position state['t']; return (logits [B, V] for the next
   position, new state)."""
-  levels, parts = model.spec.levels, Parts(model, params)
+  levels, parts = model.levels, Parts(model, params)
   n, t = len(levels), state["t"]
-  slots = state["tok_unit"].shape[1]
-  mask, pos = token_layout(model, t, state["tok_unit"], slots)
+  slots, rows = state["tok_unit"].shape[1], jnp.arange(t.shape[0])
+  tok_doc, doc_start = state["tok_doc"], state["doc_start"]
+  mask, pos = token_layout(model, t, state["tok_unit"], tok_doc, doc_start, slots)
   h, tok_pre = run_stack(parts.stack("pre", n - 1), parts.embed(token),
                          state["tok_pre"], t, mask, pos)
   bounds, lens = seg_lib.step_bounds(levels[:-1], state["prev"], token, t,
-                                     [lv["len"] for lv in state["levels"]])
+                                     [lv["len"] for lv in state["levels"]],
+                                     model.document_mask)
+  nxt = jnp.minimum(t + 1, slots - 1)
+  new_doc = (token == EOS) & model.document_mask          # EOS: the next token opens one
+  doc = tok_doc[rows, jnp.minimum(t, slots - 1)] + new_doc.astype(jnp.int32)
   lvs = [dict(lv, len=length) for lv, length in zip(state["levels"], lens)]
   elem, has, downs = h, jnp.ones(t.shape, bool), [None] * (n - 1)
   for i in reversed(range(n - 1)):                      # down path: fine -> coarse
@@ -296,16 +352,19 @@ def step(model: LM, params, state, token):
   parent_ctx, parent_closed = None, None
   for i in range(n - 1):                                # up path: coarse -> fine
     lvs[i] = _open_unit(parts, model, i, lvs[i], downs[i], parent_ctx, parent_closed,
-                        bounds[i])
+                        bounds[i], doc, new_doc, bounds[i - 1] if i else None)
     parent_ctx, parent_closed = lvs[i]["ctx"], lvs[i]["closed"]
-  nxt = jnp.minimum(t + 1, slots - 1)
   tok_unit = state["tok_unit"]
   if n > 1:
-    tok_unit = tok_unit.at[jnp.arange(t.shape[0]), nxt].set(parent_closed)
-  x = h if parent_ctx is None else h + parts.context(n - 1, parent_ctx, nxt)
-  mask, pos = token_layout(model, nxt, tok_unit, slots)
+    tok_unit = tok_unit.at[rows, nxt].set(parent_closed)
+  tok_doc = tok_doc.at[rows, nxt].set(doc)
+  doc_start = jnp.where(new_doc, nxt, doc_start)
+  x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
+  x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, lvs[-1]["len"])
+  mask, pos = token_layout(model, nxt, tok_unit, tok_doc, doc_start, slots)
   out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
   logits = parts.logits(out[:, None])[:, 0]
-  new_state = {"t": t + 1, "prev": token, "tok_pre": tok_pre,
-               "tok_gen": tok_gen, "tok_unit": tok_unit, "levels": lvs}
+  new_state = {"t": t + 1, "prev": token, "tok_pre": tok_pre, "tok_gen": tok_gen,
+               "tok_unit": tok_unit, "tok_doc": tok_doc, "doc_start": doc_start,
+               "levels": lvs}
   return logits, new_state

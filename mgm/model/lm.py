@@ -11,7 +11,17 @@ exactly a decoder-only Transformer (the flat baseline, same code path).
 The one-unit shift makes every level causal: the prediction of token t sees
 x_<t only, whatever the segmenter (tested by perturbation). The model takes the
 target tokens x_1..x_T and returns logits[t] for p(x_t | x_<t).
+
+Packing (data.packing): 'none' reads a row as one stream. 'document_mask'
+reads each document of a row (EOS ends one; `segment.documents`) as if it
+were alone: at every level attention stays within the document, rotary
+positions restart at its first element, its first element's shifted input is
+the start vector (BOS at the token level) rather than the previous document's
+last unit, and units never span two documents (`segment.document_levels`).
+So a document's logits do not depend on what was packed before it.
 """
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,11 +41,53 @@ def shift_right(x, first):
   return jnp.concatenate([first, x[:, :-1]], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class DocLayout:
+  """Where each element of one level sits in its document (packing=document_mask).
+  ids: [B, N] document id; pos: [B, N] index within the document; first: [B, N]
+  bool, the document's first element."""
+  ids: jax.Array
+  pos: jax.Array
+  first: jax.Array
+
+
+def doc_layout(ids) -> DocLayout:
+  """Layout of elements with document ids [B, N] (non-decreasing along N)."""
+  n = jnp.arange(ids.shape[1])
+  prev = jnp.pad(ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  first = (ids != prev) | (n == 0)
+  start = jax.lax.cummax(jnp.where(first, n, 0), axis=1)
+  return DocLayout(ids, n - start, first)
+
+
+def child_slots(parents, num: int):
+  """(parent, position within it) of each child, parents [B, L] -> ([B, L], [B, L]);
+  a parent's children are consecutive. Parents out of range are clipped."""
+  index = jnp.broadcast_to(jnp.arange(parents.shape[1]), parents.shape)
+  first = jax.vmap(lambda i, p: jax.ops.segment_min(i, p, num))(index, parents)
+  parents = jnp.clip(parents, 0, num - 1)
+  return parents, index - jnp.take_along_axis(first, parents, axis=1)
+
+
 class LM(nn.Module):
   spec: ModelSpec
+  packing: str = "none"    # none | document_mask (data.packing; see the module doc)
+
+  @property
+  def document_mask(self) -> bool:
+    return self.packing == "document_mask"
+
+  @property
+  def levels(self):
+    """The levels as run: `spec.levels`, with fixed patches restarting at each
+    document under document_mask. Parameter shapes follow `spec.levels`."""
+    levels = self.spec.levels
+    if self.document_mask:
+      return seg_lib.document_levels(levels[:-1]) + levels[-1:]
+    return levels
 
   def setup(self):
-    spec, levels = self.spec, self.spec.levels
+    spec, levels = self.spec, self.levels
     dtype = spec.compute_dtype
     stack = lambda i, depth, name: Stack(
         depth, levels[i].width, levels[i].heads, spec.mlp_ratio, self._span(i),
@@ -65,7 +117,7 @@ class LM(nn.Module):
     (bnd,dpe->bnpe)."""
     parent, child = self.spec.levels[i - 1], self.spec.levels[i]
     if parent.upsample == "linear":
-      return Linear((parent.width, self._patch(i - 1), child.width), ("mlp", None, "embed"),
+      return Linear((parent.width, self._static_patch(i - 1), child.width), ("mlp", None, "embed"),
                     dtype=dtype, name=f"context_{i}")
     return Linear((parent.width, child.width), ("mlp", "embed"), dtype=dtype,
                   name=f"context_{i}")
@@ -74,56 +126,79 @@ class LM(nn.Module):
 
   def _patched(self, i) -> bool:
     """A token level attending within fixed parent patches runs on reshaped patches."""
-    levels = self.spec.levels
+    levels = self.levels
     return i == len(levels) - 1 and levels[i].span == "parent" and bool(self._token_patch())
 
   def _span(self, i):
-    return "full" if self._patched(i) else self.spec.levels[i].span
+    return "full" if self._patched(i) else self.levels[i].span
 
   def _token_patch(self):
-    levels = self.spec.levels
+    levels = self.levels
     return seg_lib.fixed_patch(levels[:-1], len(levels) - 2) if len(levels) > 1 else None
 
   def _unit_window(self, i):
-    levels = self.spec.levels
+    levels = self.levels
     if i == len(levels) - 1 and len(levels) > 1 and levels[-1].span == "parent":
       return levels[-2].max_len or None
     return None
 
   def _pool_in_width(self, i):
     child = self.spec.levels[i + 1].width
-    return child * self._patch(i) if self.spec.levels[i].pool == "concat" else child
+    return child * self._static_patch(i) if self.spec.levels[i].pool == "concat" else child
 
   def _patch(self, i):
-    """Static elements per unit of level i+1 -> i (None when dynamic)."""
-    levels, n = self.spec.levels, len(self.spec.levels)
+    """Static elements per unit of level i+1 -> i as run (None when dynamic)."""
+    return self._static_patch(i, self.levels)
+
+  def _static_patch(self, i, levels=None):
+    """Elements per unit of level i+1 -> i of `levels` (default `spec.levels`,
+    which fixes parameter shapes), None when dynamic."""
+    levels = self.spec.levels if levels is None else levels
+    n = len(levels)
     outer = seg_lib.fixed_patch(levels[:-1], i)
     inner = 1 if i + 1 == n - 1 else seg_lib.fixed_patch(levels[:-1], i + 1)
     return outer // inner if outer and inner else None
 
-  def _run(self, stack, i, x, seg):
-    """Run a level-i stack over x [B, L, D] with that level's attention layout."""
+  def _run(self, stack, i, x, seg, docs: DocLayout | None):
+    """Run a level-i stack over x [B, L, D] with that level's attention layout
+    (and, given `docs`, within each document at document positions)."""
     if stack is None:
       return x
     b, length, width = x.shape
-    levels = self.spec.levels
     if self._patched(i):
       p = self._token_patch()
       patches = x.reshape(b * length // p, p, width)
       pos = jnp.broadcast_to(jnp.arange(p), patches.shape[:2])
       return stack(patches, pos).reshape(b, length, width)
-    unit_ids = seg.parents(i - 1) if levels[i].span == "parent" else None
-    pos = jnp.broadcast_to(jnp.arange(length), (b, length))
-    return stack(x, pos, unit_ids)
+    unit_ids = seg.parents(i - 1) if self.levels[i].span == "parent" else None
+    if docs is None:
+      return stack(x, jnp.broadcast_to(jnp.arange(length), (b, length)), unit_ids)
+    return stack(x, docs.pos, unit_ids, doc_ids=docs.ids)
+
+  def _doc_layouts(self, tokens, seg):
+    """Per level (coarsest first, tokens last), its DocLayout; Nones without
+    document_mask. A unit's document is its tokens' (units never span two)."""
+    n = len(self.levels)
+    if not self.document_mask:
+      return [None] * n
+    ids = seg_lib.documents(tokens)
+    per_unit = lambda u, m: jax.vmap(lambda d, ub: jax.ops.segment_max(d, ub, m))(ids, u)
+    return [doc_layout(per_unit(seg.unit_of_token[i], seg.max_units[i]))
+            for i in range(n - 1)] + [doc_layout(ids)]
 
   def _upsample(self, ctx, i, seg):
     """Context of level i-1 units [B, N, D_{i-1}] -> what each element of level i
     adds to its input [B, L, D_i]."""
     project = self.contexts[i - 1]
+    p = self._patch(i - 1)
     if self.spec.levels[i - 1].upsample == "linear":
       out = project(ctx)                                      # [B, N, P, D_i]
-      return out.reshape(out.shape[0], -1, out.shape[-1])
-    p = self._patch(i - 1)
+      flat = out.reshape(out.shape[0], -1, out.shape[-1])     # [B, N * P, D_i]
+      if p:
+        return flat
+      parents, k = child_slots(seg.parents(i - 1), ctx.shape[1])
+      index = parents * out.shape[2] + jnp.clip(k, 0, out.shape[2] - 1)
+      return jnp.take_along_axis(flat, index[..., None], axis=1)
     if p:
       return project(jnp.repeat(ctx, p, axis=1))
     parents = jnp.clip(seg.parents(i - 1), 0, ctx.shape[1] - 1)
@@ -141,33 +216,39 @@ class LM(nn.Module):
 
   def forward(self, tokens):
     """The teacher-forced pass, with what the decoder's prefill needs:
-    logits, per-level down vectors and contexts, and the segmentation."""
-    levels, n = self.spec.levels, len(self.spec.levels)
+    logits, per-level down vectors and contexts, the segmentation, and the
+    per-level DocLayouts (Nones without document_mask)."""
+    levels, n = self.levels, len(self.levels)
     b, t = tokens.shape
-    seg = seg_lib.segment(tokens, levels[:-1], t)
+    seg = seg_lib.segment(tokens, levels[:-1], t, documents=self.document_mask)
     sizes = list(seg.max_units) + [t]
+    docs = self._doc_layouts(tokens, seg)
 
     down = [None] * n                                           # [B, N_i, D_i]
     down[-1] = self._run(self.pre_layers[-1], n - 1,
-                         nn.with_logical_constraint(self.embed(tokens), ACTIVATION), seg)
+                         nn.with_logical_constraint(self.embed(tokens), ACTIVATION), seg,
+                         docs[-1])
     for i in reversed(range(n - 1)):
       p = self._patch(i)
       pooled = self.pools[i](down[i + 1], num_units=sizes[i], children_per_unit=p,
                              parents=None if p else seg.parents(i))
-      down[i] = self._run(self.pre_layers[i], i, pooled, seg)
+      down[i] = self._run(self.pre_layers[i], i, pooled, seg, docs[i])
 
     ctx = None
     contexts = []
     for i in range(n):
       first = self.embed(jnp.full((1, 1), BOS)) if i == n - 1 else self.starts[i]
       x = shift_right(down[i], first)                          # the one-unit shift
+      if docs[i] is not None:                                  # documents start afresh
+        x = jnp.where(docs[i].first[..., None], first.reshape(-1).astype(x.dtype), x)
       if ctx is not None:
         x = x + self._upsample(ctx, i, seg)
-      ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg)
+      ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg,
+                      docs[i])
       contexts.append(ctx)
 
     logits = self.logits(ctx)
-    return {"logits": logits, "down": down, "contexts": contexts, "seg": seg}
+    return {"logits": logits, "down": down, "contexts": contexts, "seg": seg, "docs": docs}
 
   def logits(self, x):
     """Token-level outputs [B, T, D] -> logits [B, T, V] float32."""
@@ -179,7 +260,7 @@ class LM(nn.Module):
     terms = {"unit_overflow": seg.overflow}
     for i, head in self.aux_heads.items():
       logits = head(contexts[i]).astype(jnp.float32)          # [B, N_i, V]
-      terms[f"aux_{i}"] = unit_loss(self.spec.levels[i].aux_loss, logits, tokens, mask,
+      terms[f"aux_{i}"] = unit_loss(self.levels[i].aux_loss, logits, tokens, mask,
                                     seg.unit_of_token[i], seg.max_units[i])
     return terms
 

@@ -10,6 +10,15 @@ A maximum unit length forces a boundary (SpaceByte-style). Levels are computed
 coarsest first and boundaries are nested by OR: a coarse boundary is always a
 finer one too.
 
+Packed documents (data.packing=document_mask, `documents=True`): units never
+span a document boundary. EOS already closes every delimiter-defined unit, and
+a document's first token is segmented as the first token of a row (its
+previous token reads as BOS). Fixed patches restart at each document start
+(`document_levels`: `fixed:P` becomes "every P tokens of a document, the last
+patch ending at its EOS"), as units from segmenters do; so they are no longer a
+static grid of the row, and their count is bounded by `max_units` (default
+1.5 x seq_len / P, enough while a row's documents average >= 2P tokens).
+
 Unit counts are bounded by static maxima so shapes are static under jit; an
 overflow is reported (`Segmentation.overflow`) and the train step refuses the
 update, never truncating silently.
@@ -27,6 +36,9 @@ WORD_DELIMITERS = (string.whitespace + string.punctuation).encode()
 SENTENCE_ENDS = b".!?"
 WHITESPACE = string.whitespace.encode()
 NAMED = ("word", "sentence", "paragraph")
+# Internal units of `document_levels`: a unit per document (bounds at EOS only),
+# cut every max_len tokens by the forcing rule.
+DOCUMENT = "document"
 
 
 def parse_units(units: str) -> tuple[str, object]:
@@ -44,14 +56,44 @@ def _is_in(tokens, byte_set: bytes):
   return jnp.asarray(table)[jnp.clip(tokens, 0, BOS + 1)]
 
 
-def natural_bounds(units: str, tokens):
-  """Boundaries from the tokens alone (before nesting and forcing). [B, T] bool"""
+def documents(tokens):
+  """Document id of each position: the EOS count before it. [B, T] int32
+
+  Position t belongs to the document that x_<t has opened, so the ids are a
+  causal function of the tokens; on real tokens they are the pipeline's
+  `segment_ids` minus 1 (each document there ends with one EOS).
+  """
+  eos = (tokens == EOS).astype(jnp.int32)
+  return jnp.cumsum(eos, axis=1, dtype=jnp.int32) - eos
+
+
+def document_levels(levels):
+  """Coarse `levels` as run with packed documents: `fixed:P` -> patches of P
+  tokens restarting at each document (see module doc); others unchanged."""
+  out = []
+  for level in levels:
+    kind, arg = parse_units(level.units)
+    if kind == "fixed":
+      size = min(arg, level.max_len) if level.max_len else arg
+      level = dataclasses.replace(level, units=DOCUMENT, max_len=size)
+    out.append(level)
+  return tuple(out)
+
+
+def natural_bounds(units: str, tokens, documents: bool = False):
+  """Boundaries from the tokens alone (before nesting and forcing). [B, T] bool
+
+  `documents`: a token after EOS is segmented as the first of a row."""
   kind, arg = parse_units(units)
   prev = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=BOS)[:, :-1]
+  if documents:
+    prev = jnp.where(prev == EOS, BOS, prev)
   if kind == "fixed":   # patches ignore document ends, so they stay static
     t = jnp.arange(tokens.shape[1])
     return jnp.broadcast_to((t + 1) % arg == 0, tokens.shape)
-  if kind in ("word", "bytes"):
+  if kind == DOCUMENT:
+    bounds = jnp.zeros(tokens.shape, bool)
+  elif kind in ("word", "bytes"):
     delims = WORD_DELIMITERS if kind == "word" else arg
     bounds = _is_in(tokens, delims) & ~(_is_in(prev, delims) | (prev == BOS))
   elif kind == "sentence":
@@ -97,11 +139,12 @@ class Segmentation:
     return jnp.where(first < 0, self.max_units[i], first)
 
 
-def segment(tokens, levels, seq_len: int) -> Segmentation:
-  """Segment `tokens` [B, T] for the coarse `levels` (LevelSpecs, coarsest first)."""
+def segment(tokens, levels, seq_len: int, documents: bool = False) -> Segmentation:
+  """Segment `tokens` [B, T] for the coarse `levels` (LevelSpecs, coarsest first);
+  `documents`: packed documents (levels from `document_levels`)."""
   bounds, prev = [], None
   for level in levels:
-    b = natural_bounds(level.units, tokens)
+    b = natural_bounds(level.units, tokens, documents)
     if prev is not None:
       b = b | prev
     if level.max_len:
@@ -131,10 +174,12 @@ def max_units(levels, i: int, seq_len: int) -> int:
   patch = fixed_patch(levels, i)
   if patch:
     return seq_len // patch
+  if not levels[i].max_units and levels[i].units == DOCUMENT:
+    return -(-3 * seq_len // (2 * levels[i].max_len))
   return levels[i].max_units
 
 
-def step_bounds(levels, prev, token, t, unit_lens):
+def step_bounds(levels, prev, token, t, unit_lens, documents: bool = False):
   """One step of `segment` for the incremental decoder: do units close at token t?
 
   prev, token, t: [B] (the previous token, BOS at t = 0; this token; its
@@ -147,7 +192,8 @@ def step_bounds(levels, prev, token, t, unit_lens):
   pair = jnp.stack([prev, token], axis=1)
   for level, length in zip(levels, unit_lens):
     kind, arg = parse_units(level.units)
-    b = (t + 1) % arg == 0 if kind == "fixed" else natural_bounds(level.units, pair)[:, 1]
+    b = ((t + 1) % arg == 0 if kind == "fixed"
+         else natural_bounds(level.units, pair, documents)[:, 1])
     if coarser is not None:
       b = b | coarser
     length = length + 1

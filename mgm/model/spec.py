@@ -17,6 +17,7 @@ from mgm.nn.transformer import REMAT_POLICIES
 
 AUX_LOSSES = ("", "bag", "first")
 UPSAMPLES = ("repeat", "linear")
+PACKINGS = ("document_mask", "none")    # data.packing (mgm/model/lm.py)
 
 
 def field_defaults(spec_class) -> dict:
@@ -175,6 +176,15 @@ def check_hierarchy(levels, seq_len: int, field_seq_len: str = "data.seq_len"):
     if level.aux_loss and i == len(levels) - 1:
       raise ConfigError(f"model.levels[{i}].aux_loss", "auxiliary losses belong to "
                         "coarse levels; the token level already has the token loss")
+
+
+def check_packing(packing):
+  """data.packing: 'document_mask' (each document of a row alone) or 'none' (a row
+  is one stream); see mgm/model/lm.py."""
+  if packing not in PACKINGS:
+    raise ConfigError("data.packing", f"unknown packing {packing!r}; use document_mask "
+                      "(documents packed in a row do not see each other) or none (a row "
+                      "is one stream)")
 
 
 def from_config(model_cfg) -> ModelSpec:

@@ -5,6 +5,11 @@ recent positions, itself included) and `parent` (only positions of the same
 parent unit, given as `unit_ids`; fixed parents are handled by reshaping into
 patches before attention, so they never reach here).
 
+Packed documents (`doc_ids` [B, T], one id per document): every span is also
+restricted to the query's document, so documents packed in one row do not see
+each other (data.packing=document_mask). The restriction is a mask on the XLA
+paths; cuDNN's fused kernel is used only without it.
+
 Full causal spans run as one fused kernel where one exists: `attention_impl`
 'auto' picks cuDNN's flash attention on NVIDIA GPUs in bfloat16/float16 (memory
 O(T), not O(T^2)) and XLA's attention elsewhere; 'xla' and 'cudnn' force one.
@@ -78,47 +83,55 @@ def fused_impl(impl: str, dtype) -> str:
 
 
 def attend(q, k, v, span: str, unit_ids=None, unit_window: int | None = None,
-           impl: str = "auto"):
+           impl: str = "auto", doc_ids=None):
   """Causal self-attention over `span`. q, k, v: [B, T, N, H].
 
   'parent' with `unit_ids` restricts keys to the query's unit; units are at
   most `unit_window` long, so that is local attention with a unit mask.
+  `doc_ids` [B, T] (or None) restricts keys to the query's document; units
+  never span documents, so with `unit_ids` the unit mask already implies it.
   """
   kind, window = parse_span(span)
   if kind == "parent" and unit_ids is not None:
-    window = unit_window
-  elif kind != "window":
-    window = None
+    window, ids = unit_window, unit_ids
+  else:
+    window, ids = (window if kind == "window" else None), doc_ids
   if window is None or window >= q.shape[1]:
-    if kind == "parent" and unit_ids is not None:   # short sequence: one block
-      mask = (unit_ids[:, :, None] == unit_ids[:, None, :])[:, None]
+    if ids is not None:   # short sequence or full span: one masked block
+      if kind != "parent" and q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
+        return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=ids)
+      mask = (ids[:, :, None] == ids[:, None, :])[:, None]
       return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
     if fused_impl(impl, q.dtype) == "cudnn":
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
     if q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
       return chunked_causal_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  return local_attention(q, k, v, window, unit_ids)
+  return local_attention(q, k, v, window, ids)
 
 
 QUERY_CHUNK = 2048
 
 
-def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK):
+def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK, doc_ids=None):
   """Full causal attention, queries in chunks, each recomputed in the backward
-  pass: memory O(chunk x T) instead of O(T x T) (long flat sequences)."""
+  pass: memory O(chunk x T) instead of O(T x T) (long flat sequences); with
+  `doc_ids` [B, T], within the query's document only."""
   b, t, n, h = q.shape
   starts = jnp.arange(0, t, chunk)
+  ids = jnp.zeros((b, t), jnp.int32) if doc_ids is None else doc_ids
 
   @jax.checkpoint
   def one_chunk(args):
-    start, q_chunk = args
+    start, q_chunk, q_ids = args
     q_pos = start + jnp.arange(chunk)
     mask = (q_pos[:, None] >= jnp.arange(t)[None])[None, None]      # [1, 1, c, T]
+    mask = mask & (q_ids[:, :, None] == ids[:, None, :])[:, None]   # [B, 1, c, T]
     return jax.nn.dot_product_attention(q_chunk, k, v, mask=mask)
 
   q_chunks = q.reshape(b, t // chunk, chunk, n, h).swapaxes(0, 1)     # [T/c, B, c, N, H]
-  out = jax.lax.map(one_chunk, (starts, q_chunks))
+  id_chunks = ids.reshape(b, t // chunk, chunk).swapaxes(0, 1)         # [T/c, B, c]
+  out = jax.lax.map(one_chunk, (starts, q_chunks, id_chunks))
   return out.swapaxes(0, 1).reshape(b, t, n, h)
 
 
@@ -134,8 +147,9 @@ class SelfAttention(nn.Module):
   attention_impl: str = "auto"     # auto | xla | cudnn (full causal spans)
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None):
-    """x: [B, T, D], positions: [B, T] -> [B, T, D].
+  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None,
+               doc_ids=None):
+    """x: [B, T, D], positions: [B, T] -> [B, T, D]; `doc_ids` [B, T]: see `attend`.
 
     Teacher-forced, it also sows its keys and values ('intermediates'/'kv') for
     the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, S, N, H]), x is
@@ -153,7 +167,8 @@ class SelfAttention(nn.Module):
     q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
     if cache is None:
       self.sow("intermediates", "kv", (k, v))
-      out = attend(q, k, v, self.span, unit_ids, self.unit_window, self.attention_impl)
+      out = attend(q, k, v, self.span, unit_ids, self.unit_window, self.attention_impl,
+                   doc_ids)
     else:
       cache, out = cached_attention(q, k, v, cache, index, key_mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))

@@ -1,8 +1,10 @@
 """Pool the elements of each unit into one vector (the down path, DESIGN §1).
 
-Two layouts: `static` units of exactly k elements (reshape; required by
-`concat`), and `dynamic` units given by a parent index per element (segment
-ops; elements whose parent is out of range are dropped).
+Two layouts: `static` units of exactly k elements (reshape), and `dynamic`
+units given by a parent index per element (segment ops; elements whose parent
+is out of range are dropped). `concat` needs at most k elements per unit: in
+the dynamic layout (fixed patches cut short by a document end) missing
+elements are zeros.
 """
 import flax.linen as nn
 import jax
@@ -76,7 +78,7 @@ class Pool(nn.Module):
 
   def _dynamic(self, x, parents, num):
     if self.kind == "concat":
-      raise ValueError("concat pooling needs fixed units")
+      return self._dynamic_concat(x, parents, num)
     if self.kind == "mean":
       total = _segment(jax.ops.segment_sum, x, parents, num)
       count = _segment(jax.ops.segment_sum, jnp.ones(parents.shape, x.dtype), parents, num)
@@ -94,3 +96,17 @@ class Pool(nn.Module):
     norm = _segment(jax.ops.segment_sum, weight, parents, num)
     total = _segment(jax.ops.segment_sum, weight[..., None].astype(x.dtype) * x, parents, num)
     return total / jnp.maximum(norm, 1e-30)[..., None].astype(x.dtype)
+
+  def _dynamic_concat(self, x, parents, num):
+    """Units of at most P children (P = in_width / D_child; patches restarting at
+    document starts): the k-th child of a unit fills slot k, missing slots are 0.
+    x [B, L, D], parents [B, L] -> [B, num, P * D]."""
+    b, length, width = x.shape
+    p = self.in_width // width
+    index = jnp.broadcast_to(jnp.arange(length), parents.shape)
+    first = _segment(jax.ops.segment_min, index, parents, num)          # [B, num]
+    k = index - jnp.take_along_axis(first, jnp.clip(parents, 0, num - 1), axis=1)
+    valid = (parents >= 0) & (parents < num) & (k >= 0) & (k < p)
+    slot = jnp.where(valid, parents * p + k, num * p)                  # num * p: dropped
+    buf = _segment(jax.ops.segment_sum, x, slot, num * p)               # [B, num * P, D]
+    return buf.reshape(b, num, p * width)

@@ -36,13 +36,14 @@ class Block(nn.Module):
   attention_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None):
+  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None,
+               doc_ids=None):
     """Teacher-forced -> x; incremental (`cache`, see SelfAttention) -> (x, cache)."""
     h = RMSNorm(dtype=self.dtype, name="attn_norm")(x)
     attn = SelfAttention(self.width, self.heads, self.span, self.rope_base, self.qk_norm,
                          self.dtype, self.unit_window, self.attention_impl, name="attn")
     if cache is None:
-      x = x + attn(h, positions, unit_ids)
+      x = x + attn(h, positions, unit_ids, doc_ids=doc_ids)
     else:
       out, cache = attn(h, positions, cache=cache, index=index, key_mask=key_mask)
       x = x + out
@@ -75,8 +76,10 @@ class Stack(nn.Module):
   remat_policy: str = "full"
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None):
-    """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches)."""
+  def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None,
+               doc_ids=None):
+    """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches).
+    `doc_ids` [B, T]: attention stays within each document (see attend)."""
     remat = self.remat and caches is None
     block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy]) if remat else Block
     new_caches = []
@@ -85,7 +88,7 @@ class Stack(nn.Module):
                     self.qk_norm, self.dtype, self.unit_window, self.attention_impl,
                     name=f"block_{i}")
       if caches is None:
-        x = layer(x, positions, unit_ids)
+        x = layer(x, positions, unit_ids, None, None, None, doc_ids)
       else:
         x, cache = layer(x, positions, cache=caches[i], index=index, key_mask=key_mask)
         new_caches.append(cache)
