@@ -31,6 +31,7 @@ BAD = {
     "data.corpus_seed": [-1],
     "data.files": ["corpus/*.txt"],            # set while data.source is synthetic
     "data.seq_len": [0],
+    "data.packing": ["segment_ids", ""],
     "data.source": ["parquet"],
     "data.synthetic": [{"bogus": 1}, {"num_topics": 0}],
     "data.text_doc_bytes": [0],
@@ -73,6 +74,8 @@ BAD = {
     "sample.num_samples": [0],
     "sample.prompt": ["x" * 40, "\udcff"],
     "sample.prompt_file": ["/nonexistent/prompts.txt"],
+    "sample.repetition_penalty": [0.0, -1.2],
+    "sample.no_repeat_ngram_size": [-1, 2.5],
     "sample.seed": [0.5],
     "sample.stop": [(3,), "\n\n"],
     "sample.stop_at_eos": ["yes"],
