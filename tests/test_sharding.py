@@ -213,7 +213,10 @@ def test_fsdp_divides_the_state_each_device_holds():
   replicated = sharding.bytes_per_device(base_layout((8, 1, 1)).abstract_state)
   sharded = sharding.bytes_per_device(base_layout((1, 8, 1)).abstract_state)
   assert replicated > 1.1e9                          # ~100M params x (param, Adam mu, nu)
-  assert sharded == pytest.approx(replicated / 8, rel=1e-3)
+  # all but the token embedding (259 x 768 float32, with Adam's mu and nu: replicated,
+  # see MESH_RULES in configs/lm.py) is split 8 ways
+  embedding = 259 * 768 * 4 * 3
+  assert sharded == pytest.approx((replicated - embedding) / 8 + embedding, rel=1e-6)
 
 
 AOT = [sys.executable, "-m", "benchmarks.aot_memory", "--config=configs/lm.py:base",
