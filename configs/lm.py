@@ -31,7 +31,7 @@ from mgm.data.tokenizer import VOCAB_SIZE
 from mgm.model.spec import LevelSpec, field_defaults
 
 SIZES = ("tiny", "demo", "small", "base")
-MODELS = ("flat", "megabyte", "hourglass", "spacebyte", "mgm3")
+MODELS = ("flat", "megabyte", "hourglass", "spacebyte", "mgm3", "megabyte_lstm", "mgm3_gru")
 
 # size -> (width, heads, depth of the flat model, sequence length)
 SHAPES = {"tiny": (64, 2, 2, 64), "demo": (128, 2, 4, 256),
@@ -46,8 +46,8 @@ MESH_RULES = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"),
 
 
 def level(width, depth, heads, span="full", **coarse):
-  """One level; coarse levels also take units, max_len, max_units, pool, pre_layers,
-  upsample, aux_loss, aux_weight (see mgm/model/spec.py LevelSpec). Every field is present,
+  """One level; any level takes mixer, coarse levels also units, max_len, max_units,
+  pool, pre_layers, upsample, aux_loss, aux_weight (see mgm/model/spec.py LevelSpec). Every field is present,
   with its default, so any can be overridden: --config.model.levels[0].pool=mean."""
   given = dict(width=width, depth=depth, heads=heads, span=span, **coarse)
   return mlc.ConfigDict({**field_defaults(LevelSpec), **given})
@@ -65,14 +65,18 @@ def model_levels(model, size):
              byte layers with window attention before and after.
   mgm3       byte -> word -> sentence, attentive pooling, bytes attend within
              their word, a bag-of-bytes auxiliary loss at the sentence level.
+  megabyte_lstm  MEGABYTE whose local model is an LSTM restarted at each patch
+             (mixer=lstm, span=parent): does the local model need attention?
+  mgm3_gru   mgm3 whose byte level is a GRU restarted at each word.
   """
   width, heads, depth, seq = SHAPES[size]
   half, quarter = max(depth // 2, 1), max(depth // 4, 1)
   if model == "flat":
     return [level(width, depth, heads)]
-  if model == "megabyte":
+  if model in ("megabyte", "megabyte_lstm"):
+    mixer = "lstm" if model == "megabyte_lstm" else "attention"
     return [level(width, depth, heads, units="fixed:8", pool="concat"),
-            level(width, half, heads, span="parent")]
+            level(width, half, heads, span="parent", mixer=mixer)]
   if model == "hourglass":
     return [level(width, depth, heads, units="fixed:4", pool="attention"),
             level(width, quarter, heads, pre_layers=quarter)]
@@ -80,12 +84,13 @@ def model_levels(model, size):
     return [level(width, depth, heads, units="word", max_len=16, max_units=seq // 2,
                   pool="last"),
             level(width, quarter, heads, span="window:32", pre_layers=quarter)]
-  if model == "mgm3":
+  if model in ("mgm3", "mgm3_gru"):
+    mixer = "gru" if model == "mgm3_gru" else "attention"
     return [level(width, half, heads, units="sentence", max_len=256, max_units=seq // 8,
                   pool="attention", aux_loss="bag", aux_weight=0.1),
             level(width, half, heads, units="word", max_len=16, max_units=seq // 2,
                   pool="attention"),
-            level(width, quarter, heads, span="parent")]
+            level(width, quarter, heads, span="parent", mixer=mixer)]
   raise ValueError(f"configs/lm.py: unknown model {model!r}; one of {MODELS}")
 
 

@@ -1,7 +1,9 @@
 """Analytic training FLOPs per token for every level, and MFU.
 
 Counted as MaxText does: matrix multiplies only (2 FLOPs per multiply-add),
-x3 for forward and backward, causal attention at half its square. Every level
+x3 for forward and backward, causal attention at half its square; each kind
+counts its own part (a mixer's `flops`, a span's `keys`, a pooling's and an
+upsampling's `flops`). Every level
 contributes per *position of that level* and is divided by the tokens it
 covers, so coarse levels cost less per byte the longer their units are.
 """
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mgm.model import segment
-from mgm.nn.attention import parse_span
+from mgm.nn.span import SPANS
 
 # Dense bf16 peak FLOP/s from datasheets (no sparsity).
 ACCELERATOR_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
@@ -20,34 +22,28 @@ ACCELERATOR_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 2
                      "TPU v6 lite": 918e12}
 
 
-def _attended(span: str, length: int, executed: bool) -> float:
-  """Keys per query: the useful half of the causal square (MaxText's count), or
-  with `executed` what the kernels compute (full squares; local attention
-  blocks of 2W keys)."""
-  kind, window = parse_span(span)
-  if kind == "window" and window < length:
-    return 2 * window if executed else window / 2
-  return length if executed else length / 2
-
-
-def _token_keys(spec, seq_len: int, executed: bool) -> float:
-  """Keys per token-level query: a token attending within its parent unit runs
-  on P x P patches (fixed) or local attention over the unit's max_len."""
-  coarse, level = spec.levels[:-1], spec.levels[-1]
-  if level.span != "parent" or not coarse:
-    return _attended(level.span, seq_len, executed)
-  patch = segment.fixed_patch(coarse, len(coarse) - 1)
+def _keys(spec, i: int, positions: int, seq_len: int, executed: bool) -> float:
+  """Keys per query of level i (for attention mixers), as its span kind counts
+  them. A token level attending within its parent runs on P x P patches
+  (fixed parents) or local attention over the parent's max_len; a coarse
+  level with span parent runs masked over all its positions."""
+  levels, n = spec.levels, len(spec.levels)
+  span = levels[i].span_kind
+  if not span.within_parent:
+    return span.keys(positions, executed)
+  if i < n - 1:
+    return SPANS.parse("full").keys(positions, executed)
+  patch = segment.fixed_patch(levels[:-1], n - 2)
   if patch:
     return patch if executed else patch / 2
-  span = f"window:{coarse[-1].max_len}" if coarse[-1].max_len else "full"
-  return _attended(span, seq_len, executed)
+  return span.keys(seq_len, executed, levels[-2].max_len or None)
 
 
-def _stack(depth, width, mlp_ratio, positions, keys):
-  """Forward FLOPs of `depth` blocks over `positions` queries."""
-  dense = 2 * (4 + 2 * mlp_ratio) * width * width
-  attention = 2 * 2 * width * keys
-  return depth * positions * (dense + attention)
+def _stack(level, mlp_ratio, positions, keys):
+  """Forward FLOPs of a level's pre-layers and generator blocks over `positions`."""
+  mlp = 2 * 2 * mlp_ratio * level.width * level.width
+  mixer = level.mixer_kind.flops(level.width, keys)
+  return (level.depth + level.pre_layers) * positions * (mixer + mlp)
 
 
 def forward_flops_per_sequence(spec, seq_len: int, executed: bool = False) -> float:
@@ -56,21 +52,19 @@ def forward_flops_per_sequence(spec, seq_len: int, executed: bool = False) -> fl
   positions = [segment.max_units(coarse, i, seq_len) for i in range(n - 1)] + [seq_len]
   total = 0.0
   for i, level in enumerate(levels):
-    keys = (_token_keys(spec, seq_len, executed) if i == n - 1
-            else _attended("full" if level.span == "parent" else level.span, positions[i],
-                           executed))
-    total += _stack(level.depth + level.pre_layers, level.width, spec.mlp_ratio, positions[i], keys)
+    total += _stack(level, spec.mlp_ratio, positions[i],
+                    _keys(spec, i, positions[i], seq_len, executed))
     if i:
-      total += 2 * levels[i - 1].width * level.width * positions[i]          # parent context
+      total += levels[i - 1].upsample_kind.flops(levels[i - 1].width, level.width,
+                                                 positions[i])           # parent context
     if i < n - 1:
       child_width, children = levels[i + 1].width, positions[i + 1]
-      pool_in = child_width * (children // positions[i]) if level.pool == "concat" else child_width
-      total += 2 * pool_in * level.width * positions[i]                     # pooled projection
-      if level.pool == "attention":
-        total += 2 * child_width * child_width * children
+      pool_in = level.pool_kind.in_width(child_width, children // positions[i])
+      total += 2 * pool_in * level.width * positions[i]                  # pooled projection
+      total += level.pool_kind.flops(child_width, children)
       if level.aux_loss:
         total += 2 * level.width * spec.vocab_size * positions[i]
-  total += 2 * levels[-1].width * spec.vocab_size * seq_len                 # unembedding
+  total += 2 * levels[-1].width * spec.vocab_size * seq_len              # unembedding
   return total
 
 

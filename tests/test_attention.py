@@ -16,6 +16,13 @@ import numpy as np
 import pytest
 
 from mgm.nn import attention
+from mgm.nn.span import SPANS
+
+
+def attend(q, k, v, span, unit_ids=None, unit_window=None, impl="auto", doc_ids=None):
+  """Teacher-forced attention of the span kind `span` names."""
+  return SPANS.parse(span).attend(q, k, v, unit_ids=unit_ids, unit_window=unit_window,
+                                  impl=impl, doc_ids=doc_ids)
 
 # float32 throughout. Fast minus reference, measured over these cases: <= 3e-7 in
 # values (scale ~1), <= 7e-7 in gradients (scale ~4); one wrongly masked key moves
@@ -103,7 +110,7 @@ def test_chunked_causal_attention_equals_dense_at_the_real_threshold(spy):
   t = 2 * attention.QUERY_CHUNK
   q, k, v = qkv(t, n=1, h=4)
   calls = spy("chunked_causal_attention")
-  fast = lambda q, k, v: attention.attend(q, k, v, "full", impl="xla")
+  fast = lambda q, k, v: attend(q, k, v, "full", impl="xla")
   out = jax.jit(fast)(q, k, v)
   assert calls["chunked_causal_attention"] == 1
   np.testing.assert_allclose(out, reference(q, k, v, allowed(t)), atol=ATOL, rtol=0)
@@ -125,7 +132,7 @@ def test_full_span_not_a_multiple_of_the_chunk_stays_dense(spy):
   t = attention.QUERY_CHUNK + 8
   q, k, v = qkv(t, n=1, h=4)
   calls = spy("chunked_causal_attention")
-  out = attention.attend(q, k, v, "full", impl="xla")
+  out = attend(q, k, v, "full", impl="xla")
   assert calls["chunked_causal_attention"] == 0
   np.testing.assert_allclose(out, reference(q, k, v, allowed(t)), atol=ATOL, rtol=0)
 
@@ -141,7 +148,7 @@ def test_full_span_not_a_multiple_of_the_chunk_stays_dense(spy):
 def test_window_attention_equals_masked_dense(t, window, spy):
   q, k, v = qkv(t, b=2)
   calls = spy("local_attention")
-  fast = lambda q, k, v: attention.attend(q, k, v, f"window:{window}")
+  fast = lambda q, k, v: attend(q, k, v, f"window:{window}")
   slow = lambda q, k, v: reference(q, k, v, allowed(t, window))
   assert_same_values_and_gradients(fast, slow, q, k, v)
   assert calls["local_attention"] > 0
@@ -153,7 +160,7 @@ def test_window_attention_sees_exactly_its_window(window):
   """Key t changes outputs t .. t+W-1 and none after (the window's far edge)."""
   t = 20
   q, k, v = qkv(t)
-  f = jax.jit(lambda q, k, v: attention.attend(q, k, v, f"window:{window}"))
+  f = jax.jit(lambda q, k, v: attend(q, k, v, f"window:{window}"))
   base = np.asarray(f(q, k, v))
   for s in (0, 3, 7, 12):
     out = np.asarray(f(q, k.at[:, s].add(1.0), v.at[:, s].add(1.0)))
@@ -165,7 +172,7 @@ def test_window_attention_sees_exactly_its_window(window):
 def test_window_at_least_the_length_is_full_causal(window):
   t = 20
   q, k, v = qkv(t)
-  out = attention.attend(q, k, v, f"window:{window}")
+  out = attend(q, k, v, f"window:{window}")
   np.testing.assert_allclose(out, reference(q, k, v, allowed(t)), atol=ATOL, rtol=0)
 
 
@@ -190,7 +197,7 @@ def test_parent_attention_equals_masked_dense(unit_ids, unit_window, spy):
   t = unit_ids.shape[1]
   q, k, v = qkv(t, b=2)
   calls = spy("local_attention")
-  fast = lambda q, k, v: attention.attend(q, k, v, "parent", unit_ids, unit_window)
+  fast = lambda q, k, v: attend(q, k, v, "parent", unit_ids, unit_window)
   slow = lambda q, k, v: reference(q, k, v, allowed(t, unit_ids=unit_ids))
   assert_same_values_and_gradients(fast, slow, q, k, v)
   assert (calls["local_attention"] > 0) == (unit_window < t)

@@ -116,17 +116,23 @@ def test_causal_for_every_preset(model):
 
 class ReferenceFlatLM(nn.Module):
   """The skeleton's decoder-only LM written out directly: embed(shift(x)) -> stack -> logits."""
-  width: int
-  depth: int
-  heads: int
-  vocab: int
+  spec: object   # a one-level ModelSpec
+
+  @property
+  def width(self):
+    return self.spec.levels[0].width
+
+  @property
+  def vocab(self):
+    return self.spec.vocab_size
 
   @nn.compact
   def __call__(self, tokens):
     from mgm.data.tokenizer import BOS
     x = Embed(self.vocab, self.width, name="embed")(shift_right(tokens, BOS))
     pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x = Stack(self.depth, self.width, self.heads, name="level_0")(x, pos)
+    level = self.spec.levels[0]
+    x = Stack(self.spec, level, level.depth, level.span_kind, name="level_0")(x, pos)
     x = RMSNorm(name="final_norm")(x)
     return Linear((self.width, self.vocab), ("embed", "vocab"),
                   name="unembed")(x)
@@ -138,7 +144,7 @@ def test_one_level_model_is_the_flat_lm():
   level = config.model.levels[0]
   tokens = text_like(np.random.default_rng(0), (2, 32))
   params = init_params(model, jax.random.key(0), tokens.shape)
-  reference = ReferenceFlatLM(level.width, level.depth, level.heads, config.model.vocab_size)
+  reference = ReferenceFlatLM(model.spec)
   np.testing.assert_array_equal(model.apply({"params": params}, tokens),
                                 reference.apply({"params": params}, tokens))
 

@@ -24,6 +24,7 @@ from mgm.model import segment as seg_lib
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.nn import attention
+from mgm.nn.span import SPANS
 from mgm.train import init_params
 from mgm.validate import validate
 
@@ -158,8 +159,8 @@ def test_units_never_span_a_document_and_patches_restart(name):
         assert len(set(docs[r, units[r] == u])) == 1, f"level {i} unit {u} spans documents"
       opens = np.pad(units[r, 1:] != units[r, :-1], (1, 0), constant_values=True)
       assert np.all(opens[starts[r]]), f"level {i}: a document starts inside a unit"
-    kind, size = seg_lib.parse_units(level.units)
-    if kind == "fixed":        # P tokens from each document start; the last ends at EOS
+    size = level.units_kind.patch
+    if size:        # P tokens from each document start; the last ends at EOS
       for r in range(len(rows)):
         first = np.flatnonzero(starts[r])
         for a, b in zip(first, list(first[1:]) + [SEQ]):
@@ -180,7 +181,7 @@ def test_long_and_local_attention_keep_documents_apart(span, monkeypatch):
   t = np.arange(length)
   mask = (ids[:, :, None] == ids[:, None, :]) & ((t[:, None] - t[None]) < window)
   reference = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True)
-  np.testing.assert_allclose(attention.attend(q, k, v, span, doc_ids=ids), reference,
+  np.testing.assert_allclose(SPANS.parse(span).attend(q, k, v, doc_ids=ids), reference,
                              atol=1e-5, rtol=1e-5)
 
 

@@ -88,6 +88,12 @@ INVALID = [
     ({"data.files": "~/corpus/*.txt"}, "data.files"),            # source is synthetic
     ({"sample.prompt_file": "MISSING.txt"}, "sample.prompt_file"),
     ({"model.vocab_size": 256}, "model.vocab_size"),
+    ({"model.levels[0].mixer": "lstm", "model.levels[0].span": "window:8"},
+     "model.levels[0].span"),                                 # a state sees its whole past
+    ({"model.levels[0].mixer": "conv", "model.levels[0].span": "window:8"},
+     "model.levels[0].span"),                                 # its kernel is its window
+    ({"model.levels[0].mixer": "mamba"}, "model.levels[0].mixer"),
+    ({"model.levels[0].mixer": "conv:0"}, "model.levels[0].mixer"),
 ]
 
 

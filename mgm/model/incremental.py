@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 from mgm.data.tokenizer import BOS, EOS
 from mgm.model import segment as seg_lib
-from mgm.model.lm import LM, child_slots
-from mgm.nn.attention import parse_span
+from mgm.model.lm import LM
+from mgm.nn.pooling import where_rows
+from mgm.nn.upsample import child_slots
 
 
 class Parts:
@@ -54,12 +55,9 @@ class Parts:
 
   def context(self, i, ctx, kid):
     """Level i-1 context [B, D] -> the input added to its child at position `kid`
-    [B] within it (linear upsampling picks that position's projection)."""
-    out = self.pure(self.lm.contexts[i - 1])(ctx[:, None])[:, 0]      # [B, (P,) D_i]
-    if out.ndim == 2:
-      return out
-    slot = jnp.clip(kid, 0, out.shape[1] - 1)[:, None, None]
-    return jnp.take_along_axis(out, slot, axis=1)[:, 0]
+    [B] within it, as the parent's upsampling kind does it."""
+    kind = self.lm.spec.levels[i - 1].upsample_kind
+    return kind.incremental(self.pure(self.lm.contexts[i - 1]), ctx, kid)
 
   def pool(self, i, method):
     return self.pure(self.lm.pools[i], method)
@@ -68,48 +66,37 @@ class Parts:
     return self.pure(self.lm, "logits")(x)
 
 
-# -- layouts: which slots a query may attend, and its rotary position ---------
+# -- which cache slots a query may read, and its rotary position ---------------
 
-def token_layout(model: LM, p, tok_unit, tok_doc, doc_start, slots: int):
+def token_keys(model: LM, p, tok_unit, tok_doc, doc_start, slots: int):
   """Key window (start [B], mask [B, W]) and rotary position [B] for a token-level
   query at p [B] of the document opened at doc_start [B] (tok_doc [B, S]: each
   slot's document): a local span reads only the W slots it can see."""
-  levels = model.levels
-  kind, window = parse_span(levels[-1].span)
-  patch = model._token_patch() if model._patched(len(levels) - 1) else None
+  n = len(model.levels)
+  span = model._span(n - 1)
+  patch = model._token_patch() if model._patched(n - 1) else None
   if patch:
     size, start = patch, p // patch * patch
   else:
-    size = slots
-    if kind == "window":
-      size = min(window, slots)
-    elif kind == "parent" and model._unit_window(len(levels) - 1):
-      size = min(model._unit_window(len(levels) - 1), slots)
+    size = span.slots(slots, model._unit_window(n - 1))
     start = jnp.clip(p - size + 1, 0, slots - size)
   keys = start[:, None] + jnp.arange(size)                        # [B, W]
-  mask = keys <= p[:, None]
-  if kind == "window":
-    mask &= p[:, None] - keys < window
-  elif kind == "parent" and not patch:
-    unit = jnp.take_along_axis(tok_unit, p[:, None], axis=1)
-    mask &= jnp.take_along_axis(tok_unit, keys, axis=1) == unit
+  unit = jnp.take_along_axis(tok_unit, p[:, None], axis=1)
+  same_unit = jnp.take_along_axis(tok_unit, keys, axis=1) == unit
+  mask = (keys <= p[:, None]) & span.mask(keys, p, same_unit)
   doc = jnp.take_along_axis(tok_doc, p[:, None], axis=1)
   mask &= jnp.take_along_axis(tok_doc, keys, axis=1) == doc
   return (start, mask), (p % patch if patch else p - doc_start)
 
 
-def unit_layout(level, j, lv, slots: int):
+def unit_keys(level, j, lv, slots: int):
   """Key window (start [B] = 0, mask [B, N]) and rotary position [B] for a
   coarse-level query at slot j [B]; `lv` holds each slot's parent, document and
   position in it ('parent_of_slot', 'doc_of_slot', 'pos_of_slot': [B, N])."""
   keys = jnp.arange(slots)[None]
-  mask = keys <= j[:, None]
-  kind, window = parse_span(level.span)
   at_j = lambda a: jnp.take_along_axis(a, jnp.minimum(j, slots - 1)[:, None], axis=1)
-  if kind == "window":
-    mask &= j[:, None] - keys < window
-  elif kind == "parent":
-    mask &= lv["parent_of_slot"] == at_j(lv["parent_of_slot"])
+  same_parent = lv["parent_of_slot"] == at_j(lv["parent_of_slot"])
+  mask = (keys <= j[:, None]) & level.span_kind.mask(keys, j, same_parent)
   mask &= lv["doc_of_slot"] == at_j(lv["doc_of_slot"])
   return (jnp.zeros_like(j), mask), at_j(lv["pos_of_slot"])[:, 0]
 
@@ -122,82 +109,16 @@ def run_stack(fn, x, caches, index, mask, pos):
   return y[:, 0], caches
 
 
-# -- pooling state of an open unit --------------------------------------------
-
-def acc_empty(kind, batch, width, patch, dtype):
-  z = lambda *s: jnp.zeros(s, dtype)
-  acc = {"count": jnp.zeros((batch,), jnp.int32)}
-  if kind == "concat":
-    return {**acc, "buf": z(batch, patch, width)}
-  if kind == "attention":
-    return {**acc, "m": z(batch), "z": z(batch), "sum": z(batch, width)}
-  return {**acc, "sum" if kind == "mean" else "last": z(batch, width)}
-
-
-def acc_add(kind, acc, e, score, has):
-  """Add child e [B, D] (with attention score [B]) where `has` [B]."""
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(
-      has.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
-  new = {"count": acc["count"] + 1}
-  if kind == "mean":
-    new["sum"] = acc["sum"] + e
-  elif kind == "last":
-    new["last"] = e
-  elif kind == "concat":
-    slot = jnp.minimum(acc["count"], acc["buf"].shape[1] - 1)
-    new["buf"] = acc["buf"].at[jnp.arange(e.shape[0]), slot].set(e)
-  else:   # online softmax: rescale by the running maximum
-    first = acc["count"] == 0
-    m = jnp.where(first, score, jnp.maximum(acc["m"], score))
-    scale = jnp.where(first, 0.0, jnp.exp(acc["m"] - m))
-    w = jnp.exp(score - m)
-    new.update(m=m, z=acc["z"] * scale + w, sum=acc["sum"] * scale[:, None] + w[:, None] * e)
-  return keep(new, acc)
-
-
-def acc_final(kind, acc):
-  if kind == "mean":
-    return acc["sum"] / jnp.maximum(acc["count"], 1)[:, None].astype(acc["sum"].dtype)
-  if kind == "last":
-    return acc["last"]
-  if kind == "concat":
-    return acc["buf"].reshape(acc["buf"].shape[0], -1)
-  return acc["sum"] / jnp.maximum(acc["z"], 1e-30)[:, None]
-
-
-def acc_from_prefix(kind, x, member, scores, start, patch):
-  """The open unit's pooling state from its children x [B, L, D] with `member` [B, L]."""
-  count = jnp.sum(member, axis=1).astype(jnp.int32)
-  m = member[..., None].astype(x.dtype)
-  if kind == "mean":
-    return {"count": count, "sum": jnp.sum(x * m, axis=1)}
-  if kind == "last":
-    last = jnp.max(jnp.where(member, jnp.arange(x.shape[1]), -1), axis=1)
-    picked = jnp.take_along_axis(x, jnp.clip(last, 0)[:, None, None], axis=1)[:, 0]
-    return {"count": count, "last": jnp.where((last >= 0)[:, None], picked, 0.0)}
-  if kind == "concat":
-    index = jnp.clip(start[:, None] + jnp.arange(patch), 0, x.shape[1] - 1)
-    buf = jnp.take_along_axis(x * m, index[..., None], axis=1)
-    return {"count": count, "buf": buf}
-  top = jnp.max(jnp.where(member, scores, -jnp.inf), axis=1)
-  top = jnp.where(count > 0, top, 0.0)
-  w = jnp.where(member, jnp.exp(jnp.where(member, scores - top[:, None], 0.0)), 0.0)
-  return {"count": count, "m": top, "z": jnp.sum(w, axis=1),
-          "sum": jnp.sum(w[..., None] * x, axis=1)}
-
-
 # -- prefill -------------------------------------------------------------------
 
-def _caches_from(kv_tree, name, depth, batch):
-  """Sown (k, v) of stack `name` -> per-block caches [B, S, N, H] (patches unfolded)."""
-  if not depth:
-    return []
-  caches = []
-  for j in range(depth):
-    (k, v), = kv_tree[name][f"block_{j}"]["attn"]["kv"]
-    unfold = lambda a: a.reshape(batch, -1, *a.shape[2:])
-    caches.append({"k": unfold(k), "v": unfold(v)})
-  return caches
+def _caches_from(sown, name, level, depth, batch):
+  """The per-position caches stack `name`'s mixers sowed (keys and values,
+  recurrent states or inputs; mgm/nn/mixers.py) -> one cache per block, each
+  leaf [B, S, ...] (patches unfolded)."""
+  layer = level.mixer_kind.param_name
+  unfold = lambda a: a.reshape(batch, -1, *a.shape[2:])
+  return [jax.tree.map(unfold, sown[name][f"block_{j}"][layer]["cache"][0])
+          for j in range(depth)]
 
 
 def prefill(model: LM, params, tokens, lengths):
@@ -210,7 +131,7 @@ def prefill(model: LM, params, tokens, lengths):
   n, (b, s) = len(levels), tokens.shape
   out, variables = model.apply({"params": params}, tokens, method=LM.forward,
                                mutable=["intermediates"])
-  kv, parts, seg = variables["intermediates"], Parts(model, params), out["seg"]
+  sown, parts, seg = variables["intermediates"], Parts(model, params), out["seg"]
   rows, valid = jnp.arange(b), jnp.arange(s)[None] < lengths[:, None]
   last = jnp.clip(lengths - 1, 0)
   docs = [_doc_ids_and_pos(d, size, b) for d, size in
@@ -219,8 +140,8 @@ def prefill(model: LM, params, tokens, lengths):
   state = {
       "t": lengths.astype(jnp.int32),
       "prev": jnp.where(lengths > 0, tokens[rows, last], BOS),
-      "tok_pre": _caches_from(kv, f"pre_{n - 1}", levels[-1].pre_layers, b),
-      "tok_gen": _caches_from(kv, f"level_{n - 1}", levels[-1].depth, b),
+      "tok_pre": _caches_from(sown, f"pre_{n - 1}", levels[-1], levels[-1].pre_layers, b),
+      "tok_gen": _caches_from(sown, f"level_{n - 1}", levels[-1], levels[-1].depth, b),
       "tok_unit": seg.unit_of_token[-1] if n > 1 else jnp.zeros((b, s), jnp.int32),
       "tok_doc": docs[-1][0],
       "doc_start": (at - docs[-1][1][rows, at]).astype(jnp.int32),
@@ -233,15 +154,15 @@ def prefill(model: LM, params, tokens, lengths):
     complete = lengths if i + 1 == n - 1 else closed[i + 1]
     member = ((jnp.arange(children.shape[1])[None] < complete[:, None])
               & (seg.parents(i) == closed[i][:, None]))
-    scores = parts.pool(i, "score")(children) if level.pool == "attention" else None
+    scores = parts.pool(i, "score")(children) if level.pool_kind.learned_scores else None
     first_member = jnp.argmax(member, axis=1)            # the open unit's first child
     state["levels"].append({
-        "pre": _caches_from(kv, f"pre_{i}", level.pre_layers, b),
-        "gen": _caches_from(kv, f"level_{i}", level.depth, b),
+        "pre": _caches_from(sown, f"pre_{i}", level, level.pre_layers, b),
+        "gen": _caches_from(sown, f"level_{i}", level, level.depth, b),
         "closed": closed[i],
         "len": (lengths - 1 - last_bound).astype(jnp.int32),
-        "acc": acc_from_prefix(level.pool, children, member, scores, first_member,
-                               model._static_patch(i)),
+        "acc": level.pool_kind.from_prefix(children, member, scores, first_member,
+                                           model._static_patch(i)),
         "ctx": jnp.take_along_axis(out["contexts"][i], jnp.clip(
             closed[i], 0, seg.max_units[i] - 1)[:, None, None], axis=1)[:, 0],
         "parent_of_slot": (seg.parents(i - 1) if i else
@@ -263,7 +184,7 @@ def _kid(seg, i, slot, batch: int):
 
 
 def _doc_ids_and_pos(layout, size: int, batch: int):
-  """(document id, position in it) [B, size] per slot: from a DocLayout, or one
+  """(document id, position in it) [B, size] per slot: from a DocPositions, or one
   document at slot positions without document_mask."""
   if layout is None:
     return (jnp.zeros((batch, size), jnp.int32),
@@ -276,21 +197,20 @@ def _doc_ids_and_pos(layout, size: int, batch: int):
 def _pool_and_close(parts, model, i, lv, elem, has, close):
   """Level i absorbs a child; where its unit closes, pool it and run its pre-layers."""
   level = model.levels[i]
-  score = parts.pool(i, "score")(elem) if level.pool == "attention" else None
-  acc = acc_add(level.pool, lv["acc"], elem, score, has)
+  kind = level.pool_kind
+  score = parts.pool(i, "score")(elem) if kind.learned_scores else None
+  acc = where_rows(has, kind.add(lv["acc"], elem, score), lv["acc"])
   width = level.width
 
   def close_units(acc, caches):
-    down = parts.pool(i, "project")(acc_final(level.pool, acc))
-    mask, pos = unit_layout(level, lv["closed"], lv, lv["parent_of_slot"].shape[1])
+    down = parts.pool(i, "project")(kind.final(acc))
+    mask, pos = unit_keys(level, lv["closed"], lv, lv["parent_of_slot"].shape[1])
     return run_stack(parts.stack("pre", i), down, caches, lv["closed"], mask, pos)
 
   skip = lambda acc, caches: (jnp.zeros((elem.shape[0], width), elem.dtype), caches)
   down, pre = jax.lax.cond(jnp.any(close), close_units, skip, acc, lv["pre"])
-  empty = acc_empty(level.pool, elem.shape[0], elem.shape[-1],
-                    acc["buf"].shape[1] if "buf" in acc else 0, elem.dtype)
-  acc = jax.tree.map(lambda e, a: jnp.where(
-      close.reshape((-1,) + (1,) * (a.ndim - 1)), e, a), empty, acc)
+  empty = jax.tree.map(jnp.zeros_like, acc)
+  acc = where_rows(close, empty, acc)
   return down, {**lv, "acc": acc, "pre": pre}
 
 
@@ -317,7 +237,7 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
 
   def step_level(caches):
     x = down if parent_ctx is None else down + parts.context(i, parent_ctx, kid)
-    mask, pos = unit_layout(level, closed, lv, parent_of_slot.shape[1])
+    mask, pos = unit_keys(level, closed, lv, parent_of_slot.shape[1])
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
     write_at = jnp.where(close, closed, parent_of_slot.shape[1])
@@ -335,7 +255,7 @@ def step(model: LM, params, state, token):
   n, t = len(levels), state["t"]
   slots, rows = state["tok_unit"].shape[1], jnp.arange(t.shape[0])
   tok_doc, doc_start = state["tok_doc"], state["doc_start"]
-  mask, pos = token_layout(model, t, state["tok_unit"], tok_doc, doc_start, slots)
+  mask, pos = token_keys(model, t, state["tok_unit"], tok_doc, doc_start, slots)
   h, tok_pre = run_stack(parts.stack("pre", n - 1), parts.embed(token),
                          state["tok_pre"], t, mask, pos)
   bounds, lens = seg_lib.step_bounds(levels[:-1], state["prev"], token, t,
@@ -361,7 +281,7 @@ def step(model: LM, params, state, token):
   doc_start = jnp.where(new_doc, nxt, doc_start)
   x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
   x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, lvs[-1]["len"])
-  mask, pos = token_layout(model, nxt, tok_unit, tok_doc, doc_start, slots)
+  mask, pos = token_keys(model, nxt, tok_unit, tok_doc, doc_start, slots)
   out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
   logits = parts.logits(out[:, None])[:, 0]
   new_state = {"t": t + 1, "prev": token, "tok_pre": tok_pre, "tok_gen": tok_gen,

@@ -32,6 +32,7 @@ from mgm.model import segment as seg_lib
 from mgm.model.spec import ModelSpec
 from mgm.nn.layers import Embed, Linear, RMSNorm
 from mgm.nn.pooling import Pool
+from mgm.nn.span import SPANS
 from mgm.nn.transformer import ACTIVATION, Stack
 
 
@@ -42,7 +43,7 @@ def shift_right(x, first):
 
 
 @dataclasses.dataclass(frozen=True)
-class DocLayout:
+class DocPositions:
   """Where each element of one level sits in its document (packing=document_mask).
   ids: [B, N] document id; pos: [B, N] index within the document; first: [B, N]
   bool, the document's first element."""
@@ -51,22 +52,13 @@ class DocLayout:
   first: jax.Array
 
 
-def doc_layout(ids) -> DocLayout:
-  """Layout of elements with document ids [B, N] (non-decreasing along N)."""
+def doc_positions(ids) -> DocPositions:
+  """Positions of elements with document ids [B, N] (non-decreasing along N)."""
   n = jnp.arange(ids.shape[1])
   prev = jnp.pad(ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
   first = (ids != prev) | (n == 0)
   start = jax.lax.cummax(jnp.where(first, n, 0), axis=1)
-  return DocLayout(ids, n - start, first)
-
-
-def child_slots(parents, num: int):
-  """(parent, position within it) of each child, parents [B, L] -> ([B, L], [B, L]);
-  a parent's children are consecutive. Parents out of range are clipped."""
-  index = jnp.broadcast_to(jnp.arange(parents.shape[1]), parents.shape)
-  first = jax.vmap(lambda i, p: jax.ops.segment_min(i, p, num))(index, parents)
-  parents = jnp.clip(parents, 0, num - 1)
-  return parents, index - jnp.take_along_axis(first, parents, axis=1)
+  return DocPositions(ids, n - start, first)
 
 
 class LM(nn.Module):
@@ -89,16 +81,14 @@ class LM(nn.Module):
   def setup(self):
     spec, levels = self.spec, self.levels
     dtype = spec.compute_dtype
-    stack = lambda i, depth, name: Stack(
-        depth, levels[i].width, levels[i].heads, spec.mlp_ratio, self._span(i),
-        spec.rope_base, spec.qk_norm, spec.remat, dtype, self._unit_window(i),
-        spec.attention_impl, spec.remat_policy, name=name)
+    stack = lambda i, depth, name: Stack(spec, levels[i], depth, self._span(i),
+                                         self._unit_window(i), name=name)
     self.embed = Embed(spec.vocab_size, levels[-1].width, dtype, name="embed")
     self.generators = [stack(i, l.depth, f"level_{i}") for i, l in enumerate(levels)]
     self.pre_layers = [stack(i, l.pre_layers, f"pre_{i}") if l.pre_layers else None
                        for i, l in enumerate(levels)]
     coarse = levels[:-1]
-    self.pools = [Pool(l.pool, l.width, self._pool_in_width(i), dtype, name=f"pool_{i}")
+    self.pools = [Pool(l.pool_kind, l.width, self._pool_in_width(i), dtype, name=f"pool_{i}")
                   for i, l in enumerate(coarse)]
     self.starts = [self.param(f"start_{i}", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("embed",)), (l.width,), jnp.float32)
@@ -112,25 +102,23 @@ class LM(nn.Module):
                           dtype=dtype, name="unembed")                 # btd,dv->btv
 
   def _context_projection(self, i, dtype):
-    """Level i-1 context -> level i inputs: one projection for every child
-    (bnd,de->bne, repeated), or with linear upsampling one per child position
-    (bnd,dpe->bnpe)."""
+    """Level i-1 context -> level i inputs, as the parent's upsampling kind
+    shapes it (mgm/nn/upsample.py)."""
     parent, child = self.spec.levels[i - 1], self.spec.levels[i]
-    if parent.upsample == "linear":
-      return Linear((parent.width, self._static_patch(i - 1), child.width), ("mlp", None, "embed"),
-                    dtype=dtype, name=f"context_{i}")
-    return Linear((parent.width, child.width), ("mlp", "embed"), dtype=dtype,
-                  name=f"context_{i}")
+    return parent.upsample_kind.projection(parent.width, child.width,
+                                           self._static_patch(i - 1), dtype, f"context_{i}")
 
   # -- layout helpers --------------------------------------------------------
 
   def _patched(self, i) -> bool:
     """A token level attending within fixed parent patches runs on reshaped patches."""
     levels = self.levels
-    return i == len(levels) - 1 and levels[i].span == "parent" and bool(self._token_patch())
+    return (i == len(levels) - 1 and levels[i].span_kind.within_parent
+            and bool(self._token_patch()))
 
   def _span(self, i):
-    return "full" if self._patched(i) else self.levels[i].span
+    """The span kind level i's mixers run with (full within reshaped patches)."""
+    return SPANS.parse("full") if self._patched(i) else self.levels[i].span_kind
 
   def _token_patch(self):
     levels = self.levels
@@ -138,13 +126,13 @@ class LM(nn.Module):
 
   def _unit_window(self, i):
     levels = self.levels
-    if i == len(levels) - 1 and len(levels) > 1 and levels[-1].span == "parent":
+    if i == len(levels) - 1 and len(levels) > 1 and levels[-1].span_kind.within_parent:
       return levels[-2].max_len or None
     return None
 
   def _pool_in_width(self, i):
     child = self.spec.levels[i + 1].width
-    return child * self._static_patch(i) if self.spec.levels[i].pool == "concat" else child
+    return self.spec.levels[i].pool_kind.in_width(child, self._static_patch(i))
 
   def _patch(self, i):
     """Static elements per unit of level i+1 -> i as run (None when dynamic)."""
@@ -159,7 +147,7 @@ class LM(nn.Module):
     inner = 1 if i + 1 == n - 1 else seg_lib.fixed_patch(levels[:-1], i + 1)
     return outer // inner if outer and inner else None
 
-  def _run(self, stack, i, x, seg, docs: DocLayout | None):
+  def _run(self, stack, i, x, seg, docs: DocPositions | None):
     """Run a level-i stack over x [B, L, D] with that level's attention layout
     (and, given `docs`, within each document at document positions)."""
     if stack is None:
@@ -170,39 +158,27 @@ class LM(nn.Module):
       patches = x.reshape(b * length // p, p, width)
       pos = jnp.broadcast_to(jnp.arange(p), patches.shape[:2])
       return stack(patches, pos).reshape(b, length, width)
-    unit_ids = seg.parents(i - 1) if self.levels[i].span == "parent" else None
+    unit_ids = seg.parents(i - 1) if self.levels[i].span_kind.within_parent else None
     if docs is None:
       return stack(x, jnp.broadcast_to(jnp.arange(length), (b, length)), unit_ids)
     return stack(x, docs.pos, unit_ids, doc_ids=docs.ids)
 
   def _doc_layouts(self, tokens, seg):
-    """Per level (coarsest first, tokens last), its DocLayout; Nones without
+    """Per level (coarsest first, tokens last), its DocPositions; Nones without
     document_mask. A unit's document is its tokens' (units never span two)."""
     n = len(self.levels)
     if not self.document_mask:
       return [None] * n
     ids = seg_lib.documents(tokens)
     per_unit = lambda u, m: jax.vmap(lambda d, ub: jax.ops.segment_max(d, ub, m))(ids, u)
-    return [doc_layout(per_unit(seg.unit_of_token[i], seg.max_units[i]))
-            for i in range(n - 1)] + [doc_layout(ids)]
+    return [doc_positions(per_unit(seg.unit_of_token[i], seg.max_units[i]))
+            for i in range(n - 1)] + [doc_positions(ids)]
 
   def _upsample(self, ctx, i, seg):
     """Context of level i-1 units [B, N, D_{i-1}] -> what each element of level i
     adds to its input [B, L, D_i]."""
-    project = self.contexts[i - 1]
-    p = self._patch(i - 1)
-    if self.spec.levels[i - 1].upsample == "linear":
-      out = project(ctx)                                      # [B, N, P, D_i]
-      flat = out.reshape(out.shape[0], -1, out.shape[-1])     # [B, N * P, D_i]
-      if p:
-        return flat
-      parents, k = child_slots(seg.parents(i - 1), ctx.shape[1])
-      index = parents * out.shape[2] + jnp.clip(k, 0, out.shape[2] - 1)
-      return jnp.take_along_axis(flat, index[..., None], axis=1)
-    if p:
-      return project(jnp.repeat(ctx, p, axis=1))
-    parents = jnp.clip(seg.parents(i - 1), 0, ctx.shape[1] - 1)
-    return project(jnp.take_along_axis(ctx, parents[..., None], axis=1))
+    kind = self.spec.levels[i - 1].upsample_kind
+    return kind.teacher_forced(self.contexts[i - 1], ctx, self._patch(i - 1), seg.parents(i - 1))
 
   # -- forward ---------------------------------------------------------------
 
@@ -217,7 +193,7 @@ class LM(nn.Module):
   def forward(self, tokens):
     """The teacher-forced pass, with what the decoder's prefill needs:
     logits, per-level down vectors and contexts, the segmentation, and the
-    per-level DocLayouts (Nones without document_mask)."""
+    per-level DocPositions (Nones without document_mask)."""
     levels, n = self.levels, len(self.levels)
     b, t = tokens.shape
     seg = seg_lib.segment(tokens, levels[:-1], t, documents=self.document_mask)

@@ -24,36 +24,16 @@ overflow is reported (`Segmentation.overflow`) and the train step refuses the
 update, never truncating silently.
 """
 import dataclasses
-import string
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mgm.data.tokenizer import BOS, EOS
+from mgm.model.units import UNITS
 
-WORD_DELIMITERS = (string.whitespace + string.punctuation).encode()
-SENTENCE_ENDS = b".!?"
-WHITESPACE = string.whitespace.encode()
-NAMED = ("word", "sentence", "paragraph")
 # Internal units of `document_levels`: a unit per document (bounds at EOS only),
 # cut every max_len tokens by the forcing rule.
 DOCUMENT = "document"
-
-
-def parse_units(units: str) -> tuple[str, object]:
-  """'fixed:8' -> ('fixed', 8); 'bytes:;,' -> ('bytes', b';,'); 'word' -> ('word', None)."""
-  if units.startswith("fixed:"):
-    return "fixed", int(units[6:])
-  if units.startswith("bytes:"):
-    return "bytes", units[6:].encode().decode("unicode_escape").encode("latin-1")
-  return units, None
-
-
-def _is_in(tokens, byte_set: bytes):
-  table = np.zeros(BOS + 2, bool)
-  table[list(byte_set)] = True
-  return jnp.asarray(table)[jnp.clip(tokens, 0, BOS + 1)]
 
 
 def documents(tokens):
@@ -72,37 +52,27 @@ def document_levels(levels):
   tokens restarting at each document (see module doc); others unchanged."""
   out = []
   for level in levels:
-    kind, arg = parse_units(level.units)
-    if kind == "fixed":
-      size = min(arg, level.max_len) if level.max_len else arg
+    patch = level.units_kind.patch
+    if patch:
+      size = min(patch, level.max_len) if level.max_len else patch
       level = dataclasses.replace(level, units=DOCUMENT, max_len=size)
     out.append(level)
   return tuple(out)
 
 
-def natural_bounds(units: str, tokens, documents: bool = False):
+def natural_bounds(units, tokens, documents: bool = False, t=None):
   """Boundaries from the tokens alone (before nesting and forcing). [B, T] bool
 
-  `documents`: a token after EOS is segmented as the first of a row."""
-  kind, arg = parse_units(units)
+  `units`: a Units kind (or its config string); `t`: the tokens' positions
+  (default 0..T-1); `documents`: a token after EOS is segmented as the first of
+  a row."""
+  units = UNITS.parse(units) if isinstance(units, str) else units
   prev = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=BOS)[:, :-1]
   if documents:
     prev = jnp.where(prev == EOS, BOS, prev)
-  if kind == "fixed":   # patches ignore document ends, so they stay static
-    t = jnp.arange(tokens.shape[1])
-    return jnp.broadcast_to((t + 1) % arg == 0, tokens.shape)
-  if kind == DOCUMENT:
-    bounds = jnp.zeros(tokens.shape, bool)
-  elif kind in ("word", "bytes"):
-    delims = WORD_DELIMITERS if kind == "word" else arg
-    bounds = _is_in(tokens, delims) & ~(_is_in(prev, delims) | (prev == BOS))
-  elif kind == "sentence":
-    bounds = _is_in(tokens, WHITESPACE) & _is_in(prev, SENTENCE_ENDS)
-  elif kind == "paragraph":
-    bounds = (tokens == ord("\n")) & (prev == ord("\n"))
-  else:
-    raise ValueError(f"unknown units {units!r}")
-  return bounds | (tokens == EOS)
+  t = jnp.arange(tokens.shape[1]) if t is None else t
+  bounds = units.bounds(tokens, prev, t)
+  return bounds | (tokens == EOS) if units.closes_at_eos else bounds
 
 
 def force_max_len(bounds, max_len: int):
@@ -144,7 +114,7 @@ def segment(tokens, levels, seq_len: int, documents: bool = False) -> Segmentati
   `documents`: packed documents (levels from `document_levels`)."""
   bounds, prev = [], None
   for level in levels:
-    b = natural_bounds(level.units, tokens, documents)
+    b = natural_bounds(level.units_kind, tokens, documents)
     if prev is not None:
       b = b | prev
     if level.max_len:
@@ -162,10 +132,10 @@ def fixed_patch(levels, i: int) -> int | None:
   fixed, each period dividing the coarser one), else None."""
   period = None
   for level in levels[:i + 1]:
-    kind, arg = parse_units(level.units)
-    if kind != "fixed" or level.max_len or (period is not None and period % arg):
+    patch = level.units_kind.patch
+    if not patch or level.max_len or (period is not None and period % patch):
       return None
-    period = arg
+    period = patch
   return period
 
 
@@ -191,9 +161,7 @@ def step_bounds(levels, prev, token, t, unit_lens, documents: bool = False):
   bounds, lens, coarser = [], [], None
   pair = jnp.stack([prev, token], axis=1)
   for level, length in zip(levels, unit_lens):
-    kind, arg = parse_units(level.units)
-    b = ((t + 1) % arg == 0 if kind == "fixed"
-         else natural_bounds(level.units, pair, documents)[:, 1])
+    b = natural_bounds(level.units_kind, pair, documents, t[:, None] + jnp.arange(-1, 1))[:, 1]
     if coarser is not None:
       b = b | coarser
     length = length + 1

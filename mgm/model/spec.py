@@ -6,17 +6,23 @@ the config field and the fix, before anything is compiled.
 """
 import dataclasses
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from mgm.errors import ConfigError
+from mgm.kinds import KindError
 from mgm.model import segment
+from mgm.model.units import UNITS
 from mgm.nn.attention import ATTENTION_IMPLS
-from mgm.nn.pooling import POOLS
+from mgm.nn.mixers import MIXERS
+from mgm.nn.pooling import POOLING
+from mgm.nn.span import SPANS
 from mgm.nn.transformer import REMAT_POLICIES
+from mgm.nn.upsample import UPSAMPLING
 
 AUX_LOSSES = ("", "bag", "first")
-UPSAMPLES = ("repeat", "linear")
 PACKINGS = ("document_mask", "none")    # data.packing (mgm/model/lm.py)
 
 
@@ -34,19 +40,42 @@ class LevelSpec:
   unit vector), `upsample` (unit context -> its children: `repeat` gives every
   child the same projection, `linear` one projection per child position, as
   Hourglass's linear upsampling; fixed units only) and an optional auxiliary
-  loss on their context vectors."""
+  loss on their context vectors. `mixer` is what carries information along
+  the level (attention, lstm, gru, conv:K).
+
+  The kind fields (span, units, pool, upsample, mixer) are config strings;
+  each is parsed once, here, into its registered kind object (`span_kind`,
+  `units_kind`, `pool_kind`, `upsample_kind`, `mixer_kind`), which the modules,
+  the decoder and the FLOPs count use. A bad string raises KindError naming
+  the field."""
   width: int
   depth: int
   heads: int
-  span: str = "full"           # full | parent | window:W
+  span: str = "full"           # full | parent | window:W       (mgm/nn/span.py)
   pre_layers: int = 0          # down-path layers at this level (Hourglass)
   units: str = ""              # fixed:P | word | sentence | paragraph | bytes:<chars>
-  max_len: int = 0
+  max_len: int = 0             #                                (mgm/model/units.py)
   max_units: int = 0
-  pool: str = "mean"           # concat | mean | attention | last
-  upsample: str = "repeat"     # repeat | linear: how its context reaches its children
+  pool: str = "mean"           # concat | mean | attention | last (mgm/nn/pooling.py)
+  upsample: str = "repeat"     # repeat | linear                (mgm/nn/upsample.py)
   aux_loss: str = ""           # '' | bag | first
   aux_weight: float = 0.0
+  mixer: str = "attention"     # attention | lstm | gru | conv:K (mgm/nn/mixers.py)
+  span_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
+  units_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
+  pool_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
+  upsample_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
+  mixer_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    kinds = {"span_kind": SPANS.parse(self.span),
+             "units_kind": UNITS.parse(self.units) if self.units else None,
+             "pool_kind": POOLING.parse(self.pool),
+             "upsample_kind": UPSAMPLING.parse(self.upsample),
+             "mixer_kind": MIXERS.parse(self.mixer)}
+    kinds["mixer_kind"].check_span(kinds["span_kind"])
+    for name, kind in kinds.items():
+      object.__setattr__(self, name, kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,32 +104,12 @@ def _positive(value, field):
     raise ConfigError(field, f"must be a positive integer, got {value!r}")
 
 
-def _check_span(span, field):
-  if span in ("full", "parent"):
-    return
-  if span.startswith("window:") and span[7:].isdigit() and int(span[7:]) > 0:
-    return
-  raise ConfigError(field, f"unknown attention span {span!r}; use 'full', 'parent' "
-                    "or 'window:W' with W a positive integer")
-
-
 def _non_negative(value, field):
   if not isinstance(value, int) or isinstance(value, bool) or value < 0:
     raise ConfigError(field, f"must be an integer >= 0, got {value!r}")
 
 
-def _check_units(units, field):
-  kind, arg = None, None
-  try:
-    kind, arg = segment.parse_units(units)
-  except ValueError:
-    pass
-  if kind == "fixed" and arg and arg > 0:
-    return
-  if kind in segment.NAMED or (kind == "bytes" and arg):
-    return
-  raise ConfigError(field, f"unknown units {units!r}; use fixed:P (P > 0), word, "
-                    "sentence, paragraph or bytes:<delimiter characters>")
+LEVEL_FIELDS = tuple(f.name for f in dataclasses.fields(LevelSpec) if f.init)
 
 
 def level_from_config(cfg, i, coarse: bool) -> LevelSpec:
@@ -117,26 +126,27 @@ def level_from_config(cfg, i, coarse: bool) -> LevelSpec:
   if (cfg.width // cfg.heads) % 2:
     raise ConfigError(f"{field}.heads", f"head dimension {cfg.width // cfg.heads} "
                       "must be even for rotary embeddings")
-  level = LevelSpec(**{k: cfg[k] for k in cfg.keys()}) if all(
-      k in LevelSpec.__dataclass_fields__ for k in cfg.keys()) else None
-  if level is None:
-    unknown = sorted(set(cfg.keys()) - set(LevelSpec.__dataclass_fields__))
+  unknown = sorted(set(cfg.keys()) - set(LEVEL_FIELDS))
+  if unknown:
     raise ConfigError(f"{field}.{unknown[0]}", "is not a level field; level fields are "
-                      f"{sorted(LevelSpec.__dataclass_fields__)}")
-  _check_span(level.span, f"{field}.span")
+                      f"{sorted(LEVEL_FIELDS)}")
+  try:
+    level = LevelSpec(**{k: cfg[k] for k in cfg.keys()})
+  except KindError as e:
+    raise ConfigError(f"{field}.{e.field}", str(e)) from None
   for name in ("pre_layers", "max_len", "max_units"):
     _non_negative(getattr(level, name), f"{field}.{name}")
-  if level.pool not in POOLS:
-    raise ConfigError(f"{field}.pool", f"unknown pooling {level.pool!r}; one of {POOLS}")
-  if level.upsample not in UPSAMPLES:
-    raise ConfigError(f"{field}.upsample", f"unknown upsampling {level.upsample!r}; "
-                      f"one of {UPSAMPLES}")
   if level.aux_loss not in AUX_LOSSES:
     raise ConfigError(f"{field}.aux_loss", f"unknown auxiliary loss {level.aux_loss!r}; "
                       f"one of {AUX_LOSSES}")
-  if coarse:
-    _check_units(level.units, f"{field}.units")
-  elif level.units:
+  try:
+    level.span_kind.check(i)
+  except KindError as e:
+    raise ConfigError(f"{field}.{e.field}", str(e)) from None
+  if coarse and not level.units:
+    raise ConfigError(f"{field}.units", "a coarse level needs units; use "
+                      f"{UNITS.usage}")
+  elif not coarse and level.units:
     raise ConfigError(f"{field}.units", "the last level is the token level and has no "
                       "units; give units to the coarser levels before it")
   return level
@@ -150,8 +160,8 @@ def check_hierarchy(levels, seq_len: int, field_seq_len: str = "data.seq_len"):
                       "to pool into; its pre_layers must be 0 (add depth instead)")
   for i, level in enumerate(coarse):
     field = f"model.levels[{i}]"
-    kind, arg = segment.parse_units(level.units)
-    if kind == "fixed" and seq_len % arg:
+    arg = level.units_kind.patch
+    if arg and seq_len % arg:
       raise ConfigError(field_seq_len, f"{seq_len} is not divisible by the patch size "
                         f"{arg} of {field}.units={level.units!r}; use a multiple of {arg}")
     patch = segment.fixed_patch(levels, i)
@@ -161,21 +171,22 @@ def check_hierarchy(levels, seq_len: int, field_seq_len: str = "data.seq_len"):
                         f"(e.g. {seq_len // 4})")
     child = segment.fixed_patch(levels, i + 1) if i + 1 < len(coarse) else 1
     static = bool(patch and child)    # a fixed number of children per unit
-    if level.pool == "concat" and not static:
-      raise ConfigError(f"{field}.pool", "concat pooling needs fixed units at this "
-                        "level and the next finer one (fixed:P with nested periods); "
-                        "use mean, attention or last for delimiter units")
-    if level.upsample == "linear" and not static:
-      raise ConfigError(f"{field}.upsample", "linear upsampling needs fixed units at this "
-                        "level and the next finer one (fixed:P with nested periods); "
-                        "use repeat for delimiter units")
+    for name, kind, what in (("pool", level.pool_kind, "pooling"),
+                             ("upsample", level.upsample_kind, "upsampling")):
+      if kind.needs_fixed_children and not static:
+        raise ConfigError(f"{field}.{name}", f"{kind} {what} needs fixed units at this "
+                          "level and the next finer one (fixed:P with nested periods); "
+                          f"use one of {_flexible(name)} for delimiter units")
   for i, level in enumerate(levels):
-    if level.span == "parent" and i == 0:
-      raise ConfigError("model.levels[0].span", "the coarsest level has no parent; "
-                        "use full or window:W")
     if level.aux_loss and i == len(levels) - 1:
       raise ConfigError(f"model.levels[{i}].aux_loss", "auxiliary losses belong to "
                         "coarse levels; the token level already has the token loss")
+
+
+def _flexible(name) -> tuple[str, ...]:
+  """The pooling or upsampling kinds that work with delimiter units."""
+  registry = POOLING if name == "pool" else UPSAMPLING
+  return tuple(n for n in registry.names() if not registry.parse(n).needs_fixed_children)
 
 
 def check_packing(packing):

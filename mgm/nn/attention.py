@@ -1,9 +1,5 @@
-"""Causal multi-head self-attention with RoPE and optional qk-norm.
-
-Spans (DESIGN §1): `full` causal, `window:W` (each query sees its W most
-recent positions, itself included) and `parent` (only positions of the same
-parent unit, given as `unit_ids`; fixed parents are handled by reshaping into
-patches before attention, so they never reach here).
+"""Causal multi-head self-attention with RoPE and optional qk-norm, and the
+attention kernels the span kinds run (mgm/nn/span.py: full, parent, window).
 
 Packed documents (`doc_ids` [B, T], one id per document): every span is also
 restricted to the query's document, so documents packed in one row do not see
@@ -14,6 +10,8 @@ Full causal spans run as one fused kernel where one exists: `attention_impl`
 'auto' picks cuDNN's flash attention on NVIDIA GPUs in bfloat16/float16 (memory
 O(T), not O(T^2)) and XLA's attention elsewhere; 'xla' and 'cudnn' force one.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,11 +29,38 @@ def rope(x, positions, base: float):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def parse_span(span: str) -> tuple[str, int | None]:
-  """'full' | 'parent' | 'window:W' -> (kind, W)."""
-  if span.startswith("window:"):
-    return "window", int(span.split(":", 1)[1])
-  return span, None
+QUERY_CHUNK = 2048
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def fused_impl(impl: str, dtype) -> str:
+  """'cudnn' or 'xla': what a full causal span runs with under `impl`."""
+  if impl == "auto":
+    on_gpu = jax.default_backend() == "gpu"
+    return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
+  return impl
+
+
+def full_attention(q, k, v, impl: str = "auto", doc_ids=None):
+  """Full causal attention [B, T, N, H] -> [B, T, N, H]: cuDNN's fused kernel
+  where it can run (no document mask), chunked queries for long sequences,
+  otherwise one XLA block; `doc_ids` [B, T] keeps queries in their document."""
+  long = q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0
+  if doc_ids is not None:
+    if long:
+      return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=doc_ids)
+    return masked_attention(q, k, v, doc_ids)
+  if fused_impl(impl, q.dtype) == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+  if long:
+    return chunked_causal_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def masked_attention(q, k, v, ids):
+  """Causal attention where query t sees keys with its own id: ids [B, T]."""
+  mask = (ids[:, :, None] == ids[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
 
 
 def local_attention(q, k, v, window: int, unit_ids=None):
@@ -71,48 +96,6 @@ def local_attention(q, k, v, window: int, unit_ids=None):
   return out.reshape(b, nb * c, n, h)[:, :t]
 
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-
-
-def fused_impl(impl: str, dtype) -> str:
-  """'cudnn' or 'xla': what a full causal span runs with under `impl`."""
-  if impl == "auto":
-    on_gpu = jax.default_backend() == "gpu"
-    return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
-  return impl
-
-
-def attend(q, k, v, span: str, unit_ids=None, unit_window: int | None = None,
-           impl: str = "auto", doc_ids=None):
-  """Causal self-attention over `span`. q, k, v: [B, T, N, H].
-
-  'parent' with `unit_ids` restricts keys to the query's unit; units are at
-  most `unit_window` long, so that is local attention with a unit mask.
-  `doc_ids` [B, T] (or None) restricts keys to the query's document; units
-  never span documents, so with `unit_ids` the unit mask already implies it.
-  """
-  kind, window = parse_span(span)
-  if kind == "parent" and unit_ids is not None:
-    window, ids = unit_window, unit_ids
-  else:
-    window, ids = (window if kind == "window" else None), doc_ids
-  if window is None or window >= q.shape[1]:
-    if ids is not None:   # short sequence or full span: one masked block
-      if kind != "parent" and q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
-        return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=ids)
-      mask = (ids[:, :, None] == ids[:, None, :])[:, None]
-      return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
-    if fused_impl(impl, q.dtype) == "cudnn":
-      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-    if q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0:
-      return chunked_causal_attention(q, k, v)
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  return local_attention(q, k, v, window, ids)
-
-
-QUERY_CHUNK = 2048
-
-
 def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK, doc_ids=None):
   """Full causal attention, queries in chunks, each recomputed in the backward
   pass: memory O(chunk x T) instead of O(T x T) (long flat sequences); with
@@ -138,7 +121,7 @@ def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK, doc_ids=None):
 class SelfAttention(nn.Module):
   width: int
   heads: int
-  span: str = "full"
+  span: Any = None                 # a Span kind (mgm/nn/span.py); None: full
   rope_base: float = 10_000.0
   qk_norm: bool = False
   dtype: Dtype = jnp.float32
@@ -151,7 +134,7 @@ class SelfAttention(nn.Module):
                doc_ids=None):
     """x: [B, T, D], positions: [B, T] -> [B, T, D]; `doc_ids` [B, T]: see `attend`.
 
-    Teacher-forced, it also sows its keys and values ('intermediates'/'kv') for
+    Teacher-forced, it also sows its keys and values ('intermediates'/'cache') for
     the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, S, N, H]), x is
     one step [B, 1, D]: its key and value are written at slot `index` [B] and
     the query attends to the slots `key_mask` gives (see cached_attention); returns
@@ -166,9 +149,12 @@ class SelfAttention(nn.Module):
       k = RMSNorm("kv", self.dtype, name="key_norm")(k)
     q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
     if cache is None:
-      self.sow("intermediates", "kv", (k, v))
-      out = attend(q, k, v, self.span, unit_ids, self.unit_window, self.attention_impl,
-                   doc_ids)
+      self.sow("intermediates", "cache", {"k": k, "v": v})   # the decoder's prefill
+      if self.span is None:
+        out = full_attention(q, k, v, self.attention_impl, doc_ids)
+      else:
+        out = self.span.attend(q, k, v, unit_ids=unit_ids, unit_window=self.unit_window,
+                               impl=self.attention_impl, doc_ids=doc_ids)
     else:
       cache, out = cached_attention(q, k, v, cache, index, key_mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))

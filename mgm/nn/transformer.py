@@ -1,9 +1,15 @@
-"""Pre-norm Transformer blocks and a causal stack of them."""
+"""Pre-norm blocks (a mixer, then an MLP) and a causal stack of them.
+
+A block is x + Mixer(Norm(x)), then + MLP(Norm(x)); the mixer is the level's
+kind (mgm/nn/mixers.py: attention, lstm, gru, conv). Blocks and stacks are
+configured by the ModelSpec (shared settings) and the LevelSpec as run.
+"""
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mgm.nn.attention import SelfAttention
 from mgm.nn.layers import Dtype, Linear, RMSNorm
 
 ACTIVATION = ("batch", "length", "embed")
@@ -24,31 +30,31 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(Norm(x)), then + MLP(Norm(x))."""
-  width: int
-  heads: int
-  mlp_ratio: int = 4
-  span: str = "full"
-  rope_base: float = 10_000.0
-  qk_norm: bool = False
-  dtype: Dtype = jnp.float32
+  """x + Mixer(Norm(x)), then + MLP(Norm(x)). `spec`: the ModelSpec; `level`:
+  the LevelSpec as run; `span`: the span kind the mixer honours (a level whose
+  parents are fixed patches runs on patches with span full); `unit_window`:
+  the longest parent unit, for span parent over delimiter units."""
+  spec: Any
+  level: Any
+  span: Any
   unit_window: int | None = None
-  attention_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None,
-               doc_ids=None):
-    """Teacher-forced -> x; incremental (`cache`, see SelfAttention) -> (x, cache)."""
-    h = RMSNorm(dtype=self.dtype, name="attn_norm")(x)
-    attn = SelfAttention(self.width, self.heads, self.span, self.rope_base, self.qk_norm,
-                         self.dtype, self.unit_window, self.attention_impl, name="attn")
+  def __call__(self, x, positions, unit_ids=None, doc_ids=None, cache=None, index=None,
+               key_mask=None):
+    """Teacher-forced -> x; incremental (`cache`, see mgm/nn/mixers.py) -> (x, cache)."""
+    dtype, mixer = self.spec.compute_dtype, self.level.mixer_kind
+    h = RMSNorm(dtype=dtype, name="attn_norm")(x)
+    layer = mixer.layer(self.level.width, self.level.heads, self.span, self.unit_window,
+                        self.spec, name=mixer.param_name)
     if cache is None:
-      x = x + attn(h, positions, unit_ids, doc_ids=doc_ids)
+      x = x + layer(h, positions, unit_ids, doc_ids)
     else:
-      out, cache = attn(h, positions, cache=cache, index=index, key_mask=key_mask)
+      out, cache = layer(h, positions, cache=cache, index=index, key_mask=key_mask)
       x = x + out
-    h = RMSNorm(dtype=self.dtype, name="mlp_norm")(x)
-    x = x + MLP(self.width, self.width * self.mlp_ratio, self.dtype, name="mlp")(h)
+    h = RMSNorm(dtype=dtype, name="mlp_norm")(x)
+    width = self.level.width
+    x = x + MLP(width, width * self.spec.mlp_ratio, dtype, name="mlp")(h)
     x = nn.with_logical_constraint(x, ACTIVATION)
     return x if cache is None else (x, cache)
 
@@ -60,35 +66,27 @@ REMAT_POLICIES = {"full": None,
 
 
 class Stack(nn.Module):
-  """`depth` causal blocks; `remat` recomputes activations in the backward pass,
-  all of them (`remat_policy` 'full') or all but the matmul outputs ('save_dots')."""
+  """`depth` causal blocks (see Block for the fields); with `spec.remat` the
+  backward pass recomputes activations, all of them (remat_policy 'full') or
+  all but the matmul outputs ('save_dots')."""
+  spec: Any
+  level: Any
   depth: int
-  width: int
-  heads: int
-  mlp_ratio: int = 4
-  span: str = "full"
-  rope_base: float = 10_000.0
-  qk_norm: bool = False
-  remat: bool = False
-  dtype: Dtype = jnp.float32
+  span: Any
   unit_window: int | None = None
-  attention_impl: str = "auto"
-  remat_policy: str = "full"
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None,
                doc_ids=None):
     """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches).
-    `doc_ids` [B, T]: attention stays within each document (see attend)."""
-    remat = self.remat and caches is None
-    block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy]) if remat else Block
+    `doc_ids` [B, T]: every mixer stays within each document."""
+    remat = self.spec.remat and caches is None
+    block = nn.remat(Block, policy=REMAT_POLICIES[self.spec.remat_policy]) if remat else Block
     new_caches = []
     for i in range(self.depth):
-      layer = block(self.width, self.heads, self.mlp_ratio, self.span, self.rope_base,
-                    self.qk_norm, self.dtype, self.unit_window, self.attention_impl,
-                    name=f"block_{i}")
+      layer = block(self.spec, self.level, self.span, self.unit_window, name=f"block_{i}")
       if caches is None:
-        x = layer(x, positions, unit_ids, None, None, None, doc_ids)
+        x = layer(x, positions, unit_ids, doc_ids)
       else:
         x, cache = layer(x, positions, cache=caches[i], index=index, key_mask=key_mask)
         new_caches.append(cache)
