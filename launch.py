@@ -103,10 +103,10 @@ def main(argv):
     return 2
   try:
     if _EXPERIMENT.value:   # arms run here one after another (--dry_run: elsewhere)
-      result = runner.run(_EXPERIMENT.value, workdir, dry_run=_DRY_RUN.value)
+      result = runner.run_experiment(_EXPERIMENT.value, workdir, dry_run=_DRY_RUN.value)
     else:
       sharding.initialize_distributed(config.distributed)   # before jax touches a device
-      result = loop.run(config, workdir, mode)
+      result = loop.run_mode(config, workdir, mode)
   except (ConfigError, WorkdirError) as e:   # DataError is a ConfigError
     print(f"launch.py: {e}", file=sys.stderr)
     return 2

@@ -5,7 +5,7 @@
 
 Nothing is allocated: the state and batch are abstract (shapes + shardings), so
 a config too large for its devices fails here, on a laptop, before anyone pays
-for a pod. `--devices=N` compiles for N fake CPU devices (the layout and the
+for a pod. `--devices=N` compiles for N fake CPU devices (the sharding and the
 collectives are the real ones; the memory figures are the CPU compiler's, an
 accelerator's differ somewhat); without it, for the devices this machine has.
 Prints one JSON line; exits 1 when the estimated peak exceeds --hbm_gib.

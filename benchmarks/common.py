@@ -50,7 +50,7 @@ def emit(record: dict):
 
 
 def fake_cpu_devices(count: int):
-  """Compile and run on `count` fake CPU devices (the layout and collectives are
+  """Compile and run on `count` fake CPU devices (the sharding and collectives are
   the real ones). Must run before jax first touches a device."""
   import os
   flag = f"--xla_force_host_platform_device_count={count}"

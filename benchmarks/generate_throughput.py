@@ -38,10 +38,11 @@ def build(model_name, seq_len):
 
 
 def cached_seconds(model, params, batch, new_tokens, seq_len):
-  spec = decode.DecodeSpec(strategy="greedy", max_new=new_tokens, stop_at_eos=False)
-  tokens, lengths = decode.pack_prompts(["= "] * batch, spec, model, seq_len)
-  run = lambda: decode.generate(model, params, tokens, lengths, jax.random.key(0), spec)[0]
-  seconds, _ = time_calls(run, warmup=1, repeats=1)
+  settings = decode.DecodeSettings(strategy="greedy", max_new=new_tokens, stop_at_eos=False)
+  tokens, lengths = decode.pack_prompts(["= "] * batch, settings, model, seq_len)
+  generate = lambda: decode.generate(model, params, tokens, lengths, jax.random.key(0),
+                                     settings)[0]
+  seconds, _ = time_calls(generate, warmup=1, repeats=1)
   return seconds
 
 

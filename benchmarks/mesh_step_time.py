@@ -28,22 +28,23 @@ def main(argv):
   del argv
   if _DEVICES.value:
     fake_cpu_devices(_DEVICES.value)
-  from mgm.loop import Run
+  from mgm import batches as batches_lib
+  from mgm.setup import Setup
   config = _CONFIG.value
-  run = Run.create(config, "")
-  data = iter(run.batches("train", seed=config.seed))
-  batches = [run.layout.global_batch(next(data)) for _ in range(_STEPS.value + 1)]
+  setup = Setup.create(config)
+  data = iter(batches_lib.train_stream(config, setup.placement, seed=config.seed))
+  batches = [setup.placement.global_batch(next(data)) for _ in range(_STEPS.value + 1)]
   start = time.perf_counter()
-  state, metrics = run.train_step(run.state, batches[0])
+  state, metrics = setup.train_step(setup.state, batches[0])
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   for batch in batches[1:]:
-    state, metrics = run.train_step(state, batch)
+    state, metrics = setup.train_step(state, batch)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - start) / _STEPS.value
   tokens = config.train.batch_size * config.data.seq_len
-  print(json.dumps({"bench": "mesh_step_time", "mesh": dict(run.layout.mesh.shape),
+  print(json.dumps({"bench": "mesh_step_time", "mesh": dict(setup.placement.mesh.shape),
                     "devices": jax.device_count(), "batch": config.train.batch_size,
                     "seq_len": config.data.seq_len, "step_s": round(step_s, 4),
                     "tokens_per_sec": round(tokens / step_s, 1),

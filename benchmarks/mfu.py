@@ -2,7 +2,7 @@
 
   python -m benchmarks.mfu --config=configs/lm.py:base --config.train.batch_size=8
 
-Builds the run exactly as launch.py does (mgm.loop.Run: sharded state on the
+Builds the run exactly as launch.py does (mgm.setup.Setup: sharded state on the
 config's mesh, the pjit-ed train step with donation), then times `--steps`
 train steps on one synthetic-corpus batch after two warm-up steps. MFU is the
 analytic model FLOPs of mgm/flops.py (remat's recomputation not counted) over
@@ -17,8 +17,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mgm import flops
-from mgm.loop import Run
+from mgm import batches, flops
+from mgm.setup import Setup
 from mgm.train import param_count
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset")
@@ -26,15 +26,15 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps")
 _OUT = flags.DEFINE_string("out", "", "Also append the JSON line to this file")
 
 
-def time_steps(run: Run, batch, steps: int) -> float:
+def time_steps(setup: Setup, batch, steps: int) -> float:
   """Seconds per train step after two warm-up steps (the first compiles)."""
-  state = run.state
+  state = setup.state
   for _ in range(2):
-    state, metrics = run.train_step(state, batch)
+    state, metrics = setup.train_step(state, batch)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = run.train_step(state, batch)
+    state, metrics = setup.train_step(state, batch)
   jax.block_until_ready(metrics)
   return (time.perf_counter() - start) / steps
 
@@ -43,24 +43,25 @@ def main(argv):
   del argv
   config = _CONFIG.value
   start = time.perf_counter()
-  run = Run.create(config, workdir="")
-  batch = run.layout.global_batch(next(iter(run.batches("train", seed=0))))
-  step_s = time_steps(run, batch, _STEPS.value)
-  tokens_per_sec = run.tokens_per_step / step_s
-  executed = flops.train_flops_per_token(run.model.spec, config.data.seq_len, executed=True)
+  setup = Setup.create(config)
+  placement = setup.placement
+  batch = placement.global_batch(next(iter(batches.train_stream(config, placement, seed=0))))
+  step_s = time_steps(setup, batch, _STEPS.value)
+  tokens_per_sec = setup.tokens_per_step / step_s
+  executed = flops.train_flops_per_token(setup.model.spec, config.data.seq_len, executed=True)
   memory = jax.devices()[0].memory_stats() or {}
-  speed = run.speed(tokens_per_sec, 0)
+  speed = setup.speed(tokens_per_sec, 0)
   record = {
       "bench": "mfu", "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-      "mesh": dict(run.layout.mesh.shape), "levels": len(config.model.levels),
+      "mesh": dict(placement.mesh.shape), "levels": len(config.model.levels),
       "widths": [l.width for l in config.model.levels],
       "depths": [l.depth for l in config.model.levels],
       "batch": config.train.batch_size, "seq_len": config.data.seq_len,
       "dtype": config.model.dtype, "remat": config.model.remat,
       "attention_impl": config.model.attention_impl,
-      "params": param_count(run.state.params),
+      "params": param_count(setup.state.params),
       "step_s": round(step_s, 4), "tokens_per_sec": round(tokens_per_sec, 1),
-      "flops_per_token": run.flops_per_token,
+      "flops_per_token": setup.flops_per_token,
       "tflops_per_sec": round(speed["tflops_per_sec"], 3), "mfu": round(speed["mfu"], 4),
       "executed_tflops_per_sec": round(tokens_per_sec * executed / 1e12, 3),
       "peak_tflops": flops.peak_flops() / 1e12,

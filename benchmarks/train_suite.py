@@ -26,7 +26,8 @@ SEQ_LENS = (1024, 4096, 16384)
 OUT = os.path.join(os.path.dirname(__file__), "results")
 
 
-def run(model, seq_len):
+def measure(model, seq_len):
+  """One shape's row: benchmarks/train_throughput.py timed in a process of its own."""
   dims, depths = SHAPES[model]
   batch = max(1, 8192 // seq_len)
   quadratic = model == "flat" and seq_len > 4096
@@ -82,7 +83,7 @@ def main():
       rows = {(r["model"], r["seq_len"]): r for r in map(json.loads, f)}
   for model in args.models.split(","):
     for seq_len in map(int, args.seq_lens.split(",")):
-      rows[model, seq_len] = run(model, seq_len)
+      rows[model, seq_len] = measure(model, seq_len)
       print(json.dumps(rows[model, seq_len]), flush=True)
       ordered = [rows[k] for k in sorted(rows, key=lambda k: (list(SHAPES).index(k[0]), k[1]))]
       with open(path, "w") as f:

@@ -31,7 +31,7 @@ NEG = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeSpec:
+class DecodeSettings:
   """What to generate; built from `config.sample` by `from_config` (validated)."""
   strategy: str = "greedy"
   max_new: int = 64
@@ -63,13 +63,13 @@ def _integer(c, name, default):
   return value
 
 
-def from_config(sample_cfg, vocab_size: int = VOCAB_SIZE) -> DecodeSpec:
-  """config.sample -> DecodeSpec; ConfigError naming the field for a bad value, a
+def from_config(sample_cfg, vocab_size: int = VOCAB_SIZE) -> DecodeSettings:
+  """config.sample -> DecodeSettings; ConfigError naming the field for a bad value, a
   contradiction, or several samples per prompt from a deterministic strategy."""
   c = sample_cfg
   if c.strategy not in STRATEGIES:
     raise ConfigError("sample.strategy", f"unknown strategy {c.strategy!r}; one of {STRATEGIES}")
-  spec = DecodeSpec(
+  settings = DecodeSettings(
       strategy=c.strategy, max_new=_integer(c, "max_new_tokens", 64),
       min_new=_integer(c, "min_new_tokens", 0), temperature=_number(c, "temperature", 1.0),
       top_k=_integer(c, "top_k", 0), top_p=_number(c, "top_p", 1.0),
@@ -79,75 +79,75 @@ def from_config(sample_cfg, vocab_size: int = VOCAB_SIZE) -> DecodeSpec:
       forced=tuple(encode(c.forced_prefix).tolist()), stop_at_eos=bool(c.stop_at_eos),
       repetition_penalty=_number(c, "repetition_penalty", 1.0),
       no_repeat_ngram=_integer(c, "no_repeat_ngram_size", 0))
-  check(spec, vocab_size)
+  check(settings, vocab_size)
   copies = c.get("num_samples", 1)
-  if copies > 1 and deterministic(spec):
+  if copies > 1 and deterministic(settings):
     raise ConfigError("sample.num_samples", f"{copies} samples per prompt from a deterministic "
-                      f"decoder ({deterministic(spec)}) would be identical; set "
+                      f"decoder ({deterministic(settings)}) would be identical; set "
                       "--config.sample.num_samples=1 or use sample.strategy=sample")
-  return spec
+  return settings
 
 
-def deterministic(spec: DecodeSpec) -> str:
-  """Why `spec` always returns the same output for a prompt ('' if it samples)."""
-  if spec.strategy != "sample":
-    return f"sample.strategy={spec.strategy}"
-  if spec.temperature == 0:
+def deterministic(settings: DecodeSettings) -> str:
+  """Why `settings` always returns the same output for a prompt ('' if it samples)."""
+  if settings.strategy != "sample":
+    return f"sample.strategy={settings.strategy}"
+  if settings.temperature == 0:
     return "sample.temperature=0 is greedy"
-  if spec.top_k == 1:
+  if settings.top_k == 1:
     return "sample.top_k=1 is greedy"
   return ""
 
 
-def check(spec: DecodeSpec, vocab_size: int):
+def check(settings: DecodeSettings, vocab_size: int):
   """Contradictory or impossible constraints -> ConfigError naming the field."""
-  if spec.max_new <= 0:
-    raise ConfigError("sample.max_new_tokens", f"must be positive, got {spec.max_new}")
-  if not 0 <= spec.min_new <= spec.max_new:
-    raise ConfigError("sample.min_new_tokens", f"{spec.min_new} must lie in [0, "
-                      f"sample.max_new_tokens={spec.max_new}]")
-  if spec.beam_size < 1 or spec.beam_size > vocab_size:
-    raise ConfigError("sample.beam_size", f"{spec.beam_size} must lie in [1, vocabulary "
+  if settings.max_new <= 0:
+    raise ConfigError("sample.max_new_tokens", f"must be positive, got {settings.max_new}")
+  if not 0 <= settings.min_new <= settings.max_new:
+    raise ConfigError("sample.min_new_tokens", f"{settings.min_new} must lie in [0, "
+                      f"sample.max_new_tokens={settings.max_new}]")
+  if settings.beam_size < 1 or settings.beam_size > vocab_size:
+    raise ConfigError("sample.beam_size", f"{settings.beam_size} must lie in [1, vocabulary "
                       f"size {vocab_size}]")
-  if spec.top_k < 0 or spec.top_k > vocab_size:
-    raise ConfigError("sample.top_k", f"{spec.top_k} must lie in [0, {vocab_size}] (0 = off)")
-  if not 0.0 < spec.top_p <= 1.0:
-    raise ConfigError("sample.top_p", f"{spec.top_p} must lie in (0, 1] (1 = off)")
-  if not spec.temperature >= 0:
-    raise ConfigError("sample.temperature", f"{spec.temperature} must be >= 0 (0 = greedy)")
-  if not 0 < spec.repetition_penalty < math.inf:
-    raise ConfigError("sample.repetition_penalty", f"{spec.repetition_penalty} must be a "
+  if settings.top_k < 0 or settings.top_k > vocab_size:
+    raise ConfigError("sample.top_k", f"{settings.top_k} must lie in [0, {vocab_size}] (0 = off)")
+  if not 0.0 < settings.top_p <= 1.0:
+    raise ConfigError("sample.top_p", f"{settings.top_p} must lie in (0, 1] (1 = off)")
+  if not settings.temperature >= 0:
+    raise ConfigError("sample.temperature", f"{settings.temperature} must be >= 0 (0 = greedy)")
+  if not 0 < settings.repetition_penalty < math.inf:
+    raise ConfigError("sample.repetition_penalty", f"{settings.repetition_penalty} must be a "
                       "finite number > 0 (1 = off, > 1 discourages repeats)")
-  if spec.no_repeat_ngram < 0:
-    raise ConfigError("sample.no_repeat_ngram_size", f"{spec.no_repeat_ngram} must be >= 0 "
+  if settings.no_repeat_ngram < 0:
+    raise ConfigError("sample.no_repeat_ngram_size", f"{settings.no_repeat_ngram} must be >= 0 "
                       "(0 = off, n bans repeating any n-gram)")
-  if len(spec.forced) > spec.max_new:
-    raise ConfigError("sample.forced_prefix", f"is {len(spec.forced)} bytes, longer than "
-                      f"sample.max_new_tokens={spec.max_new}")
-  clash = set(spec.forced) & set(spec.banned)
+  if len(settings.forced) > settings.max_new:
+    raise ConfigError("sample.forced_prefix", f"is {len(settings.forced)} bytes, longer than "
+                      f"sample.max_new_tokens={settings.max_new}")
+  clash = set(settings.forced) & set(settings.banned)
   if clash:
     raise ConfigError("sample.forced_prefix", f"contains banned bytes {sorted(clash)} "
                       "(sample.banned); the constraints contradict each other")
-  if len(spec.banned) >= 256 and not spec.stop_at_eos:
+  if len(settings.banned) >= 256 and not settings.stop_at_eos:
     raise ConfigError("sample.banned", "bans every byte; nothing can be generated")
 
 
-def pack_prompts(prompts: list[str], spec: DecodeSpec, model: LM, max_len: int):
+def pack_prompts(prompts: list[str], settings: DecodeSettings, model: LM, max_len: int):
   """Prompts -> (tokens [B, S] right-padded with PAD, lengths [B]); see pack_tokens."""
-  return pack_tokens([encode(p) for p in prompts], spec, model, max_len)
+  return pack_tokens([encode(p) for p in prompts], settings, model, max_len)
 
 
-def pack_tokens(prompts: list, spec: DecodeSpec, model: LM, max_len: int):
+def pack_tokens(prompts: list, settings: DecodeSettings, model: LM, max_len: int):
   """Token prompts -> (tokens [B, S] right-padded with PAD, lengths [B]); S holds
   prompt + max_new and is a multiple of every fixed patch, so the fixed levels stay static."""
   longest = max(len(e) for e in prompts)
-  if longest + spec.max_new > max_len:
+  if longest + settings.max_new > max_len:
     field = "sample.prompt" if longest >= max_len else "sample.max_new_tokens"
-    raise ConfigError(field, f"a prompt of {longest} bytes plus {spec.max_new} new tokens "
+    raise ConfigError(field, f"a prompt of {longest} bytes plus {settings.max_new} new tokens "
                       f"exceeds the model's length {max_len} (data.seq_len); shorten one")
   patch = math.lcm(1, *[segment.fixed_patch(model.spec.levels[:-1], i) or 1
                         for i in range(len(model.spec.levels) - 1)])
-  size = -(-(longest + spec.max_new + 1) // patch) * patch
+  size = -(-(longest + settings.max_new + 1) // patch) * patch
   buf = np.full((len(prompts), size), PAD, np.int32)
   for i, e in enumerate(prompts):
     buf[i, :len(e)] = e
@@ -156,15 +156,15 @@ def pack_tokens(prompts: list, spec: DecodeSpec, model: LM, max_len: int):
 
 # -- logits processing ---------------------------------------------------------
 
-def constrain(logits, i, spec: DecodeSpec):
+def constrain(logits, i, settings: DecodeSettings):
   """Apply banned tokens, min length and the forced prefix at new-token index i."""
   vocab = jnp.arange(logits.shape[-1])
-  banned = jnp.isin(vocab, jnp.asarray(spec.banned + (256, 257), jnp.int32))  # PAD, BOS
-  banned |= (vocab == EOS) & ((i < spec.min_new) | (not spec.stop_at_eos))
+  banned = jnp.isin(vocab, jnp.asarray(settings.banned + (256, 257), jnp.int32))  # PAD, BOS
+  banned |= (vocab == EOS) & ((i < settings.min_new) | (not settings.stop_at_eos))
   logits = jnp.where(banned, NEG, logits)
-  if spec.forced:          # the forced byte wins over any penalty: log-probability 0
-    forced = jnp.asarray(spec.forced, jnp.int32)[jnp.minimum(i, len(spec.forced) - 1)]
-    logits = jnp.where(i < len(spec.forced), jnp.where(vocab == forced, 0.0, NEG), logits)
+  if settings.forced:          # the forced byte wins over any penalty: log-probability 0
+    forced = jnp.asarray(settings.forced, jnp.int32)[jnp.minimum(i, len(settings.forced) - 1)]
+    logits = jnp.where(i < len(settings.forced), jnp.where(vocab == forced, 0.0, NEG), logits)
   return logits
 
 
@@ -197,15 +197,15 @@ def ngram_bans(buffer, pos, n: int, vocab: int):
   return jnp.zeros((buffer.shape[0], vocab), bool).at[rows, buffer[:, n - 1:]].max(match)
 
 
-def process(logits, buffer, pos, seen, i, spec: DecodeSpec):
+def process(logits, buffer, pos, seen, i, settings: DecodeSettings):
   """Everything but the strategy, for new-token index i written at pos [B]: the
   repetition penalty over `seen` [B, V], n-gram bans over `buffer`, `constrain`."""
-  if spec.repetition_penalty != 1.0:
-    logits = repetition_penalty(logits, seen, spec.repetition_penalty)
-  if spec.no_repeat_ngram:
-    logits = jnp.where(ngram_bans(buffer, pos, spec.no_repeat_ngram, logits.shape[-1]),
+  if settings.repetition_penalty != 1.0:
+    logits = repetition_penalty(logits, seen, settings.repetition_penalty)
+  if settings.no_repeat_ngram:
+    logits = jnp.where(ngram_bans(buffer, pos, settings.no_repeat_ngram, logits.shape[-1]),
                        NEG, logits)
-  return constrain(logits, i, spec)
+  return constrain(logits, i, settings)
 
 
 def nucleus(logits, top_k: int, top_p: float):
@@ -224,20 +224,20 @@ def nucleus(logits, top_k: int, top_p: float):
   return logits
 
 
-def pick(logits, key, spec: DecodeSpec):
-  if spec.strategy == "greedy" or spec.temperature == 0:
+def pick(logits, key, settings: DecodeSettings):
+  if settings.strategy == "greedy" or settings.temperature == 0:
     return jnp.argmax(logits, axis=-1)
-  logits = nucleus(logits / spec.temperature, spec.top_k, spec.top_p)
+  logits = nucleus(logits / settings.temperature, settings.top_k, settings.top_p)
   return jax.random.categorical(key, logits)
 
 
-def stopped(buffer, pos, token, i, spec: DecodeSpec):
+def stopped(buffer, pos, token, i, settings: DecodeSettings):
   """Does a row end after writing `token` at pos [B] (its i-th new token)?"""
-  done = jnp.full(token.shape, i + 1 >= spec.max_new)
-  may_stop = i + 1 >= spec.min_new
-  if spec.stop_at_eos:
+  done = jnp.full(token.shape, i + 1 >= settings.max_new)
+  may_stop = i + 1 >= settings.min_new
+  if settings.stop_at_eos:
     done |= may_stop & (token == EOS)
-  for seq in spec.stop:
+  for seq in settings.stop:
     k = len(seq)
     index = pos[:, None] - k + 1 + jnp.arange(k)
     tail = jnp.take_along_axis(buffer, jnp.clip(index, 0), axis=1)
@@ -247,16 +247,16 @@ def stopped(buffer, pos, token, i, spec: DecodeSpec):
 
 # -- the loops -----------------------------------------------------------------
 
-def _sample_loop(model, params, tokens, lengths, spec, key, record_logits):
+def _sample_loop(model, params, tokens, lengths, settings, key, record_logits):
   logits0, state = incremental.prefill(model, params, tokens, lengths)
   rows = jnp.arange(tokens.shape[0])
   first = logits0[rows, lengths]
-  trace = jnp.zeros((tokens.shape[0], spec.max_new if record_logits else 0, first.shape[-1]))
+  trace = jnp.zeros((tokens.shape[0], settings.max_new if record_logits else 0, first.shape[-1]))
   seen = seen_tokens(tokens, lengths, first.shape[-1])
 
   def cond(carry):
     i, done = carry[0], carry[4]
-    return (i < spec.max_new) & ~jnp.all(done)
+    return (i < settings.max_new) & ~jnp.all(done)
 
   def body(carry):
     i, state, logits, buf, done, key, trace, seen = carry
@@ -264,11 +264,11 @@ def _sample_loop(model, params, tokens, lengths, spec, key, record_logits):
     if record_logits:
       trace = trace.at[:, i].set(logits)
     pos = lengths + i
-    token = pick(process(logits, buf, pos, seen, i, spec), sub, spec).astype(jnp.int32)
+    token = pick(process(logits, buf, pos, seen, i, settings), sub, settings).astype(jnp.int32)
     token = jnp.where(done, PAD, token)
     buf = buf.at[rows, pos].set(token)
     seen = seen.at[rows, token].set(True)
-    done = done | stopped(buf, pos, token, i, spec)
+    done = done | stopped(buf, pos, token, i, settings)
     logits, state = incremental.step(model, params, state, token)
     return i + 1, state, logits, buf, done, key, trace, seen
 
@@ -277,14 +277,14 @@ def _sample_loop(model, params, tokens, lengths, spec, key, record_logits):
   return buf, trace
 
 
-def _beam_loop(model, params, tokens, lengths, spec):
+def _beam_loop(model, params, tokens, lengths, settings):
   """Beam search: each row keeps `beam_size` hypotheses ranked by their sum of
   log-probabilities; a finished one extends only by PAD (at no cost) and keeps its
   slot. Every per-hypothesis array (the generator's caches, the buffer, the seen
   ids) follows its hypothesis when the beams are re-ranked. The result is the
   hypothesis of highest score / ((5 + n) / 6) ** length_penalty (GNMT), n its new
   tokens counting the one that stopped it."""
-  b, k = tokens.shape[0], spec.beam_size
+  b, k = tokens.shape[0], settings.beam_size
   logits0, state = incremental.prefill(model, params, tokens, lengths)
   widen = lambda x: jnp.repeat(x, k, axis=0)                  # [B, ...] -> [B*K, ...]
   state, buf, lens = jax.tree.map(widen, state), widen(tokens), widen(lengths)
@@ -295,12 +295,12 @@ def _beam_loop(model, params, tokens, lengths, spec):
 
   def cond(carry):
     i, done = carry[0], carry[4]
-    return (i < spec.max_new) & ~jnp.all(done)
+    return (i < settings.max_new) & ~jnp.all(done)
 
   def body(carry):
     i, state, logits, buf, done, scores, new_len, seen = carry
     pos = lens + i
-    logp = jax.nn.log_softmax(process(logits, buf, pos, seen, i, spec))
+    logp = jax.nn.log_softmax(process(logits, buf, pos, seen, i, settings))
     vocab = logp.shape[-1]
     finished = jnp.where(jnp.arange(vocab) == PAD, 0.0, NEG)    # done beams only extend by PAD
     logp = jnp.where(done[:, None], finished, logp)
@@ -313,27 +313,27 @@ def _beam_loop(model, params, tokens, lengths, spec):
     buf = buf.at[rows, pos].set(token)
     seen = seen.at[rows, token].set(True)
     new_len = jnp.where(done, new_len, i + 1)
-    done = done | stopped(buf, pos, token, i, spec)
+    done = done | stopped(buf, pos, token, i, settings)
     logits, state = incremental.step(model, params, state, token)
     return i + 1, state, logits, buf, done, scores, new_len, seen
 
   carry = (jnp.int32(0), state, logits, buf, jnp.zeros((b * k,), bool), scores,
            jnp.zeros((b * k,), jnp.int32), seen)
   _, _, _, buf, _, scores, new_len, _ = jax.lax.while_loop(cond, body, carry)
-  penalty = ((5.0 + new_len.reshape(b, k)) / 6.0) ** spec.length_penalty
+  penalty = ((5.0 + new_len.reshape(b, k)) / 6.0) ** settings.length_penalty
   best = jnp.argmax(scores / penalty, axis=1)
   return buf.reshape(b, k, -1)[jnp.arange(b), best]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "record_logits"))
-def generate(model: LM, params, tokens, lengths, key, spec: DecodeSpec,
+@functools.partial(jax.jit, static_argnames=("model", "settings", "record_logits"))
+def generate(model: LM, params, tokens, lengths, key, settings: DecodeSettings,
              record_logits: bool = False):
   """tokens [B, S] (prompts right-padded), lengths [B] -> (buffer [B, S] with the new
   tokens after each prompt and PAD after a row stops, logits [B, max_new, V] of
   each step when `record_logits` (sampling strategies only), else None)."""
-  if spec.strategy == "beam":
-    return _beam_loop(model, params, tokens, lengths, spec), None
-  buf, trace = _sample_loop(model, params, tokens, lengths, spec, key, record_logits)
+  if settings.strategy == "beam":
+    return _beam_loop(model, params, tokens, lengths, settings), None
+  buf, trace = _sample_loop(model, params, tokens, lengths, settings, key, record_logits)
   return buf, (trace if record_logits else None)
 
 

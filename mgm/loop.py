@@ -1,144 +1,31 @@
-"""The three modes of a run: train (with periodic eval, checkpoints, samples), eval, sample."""
-import dataclasses
-import itertools
-import json
+"""The three modes of a run: train (with periodic eval, checkpoints, samples), eval, sample.
+
+Each builds a `Setup` (mgm/setup.py: model, optimizer, sharded state, jitted
+steps) and reads its data through mgm/batches.py; evaluation is
+mgm/evaluation.py, samples mgm/samples.py."""
 import os
 import textwrap
 import time
 
 import jax
-import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from mgm import checkpoint, flops, sharding
+from mgm import batches, checkpoint, evaluation, flops, samples
 from mgm.data import pipeline
-from mgm import decode
-from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.errors import ConfigError, TrainingError, WorkdirError
-from mgm.metrics import (MetricsWriter, bits_per_byte, last_logged, perplexity, set_aside,
-                         summary_line, text_scores, write_json)
-from mgm.model import spec as spec_lib
-from mgm.model.lm import LM
+from mgm.files import MetricsWriter, last_logged, set_aside, write_json
+from mgm.metrics import bits_per_byte, summary_line
 from mgm.preemption import Preemption
-from mgm.prompts import read_prompts
-from mgm.validate import unit_excess, validate
+from mgm.setup import Setup
+from mgm.train import param_count
+from mgm.validate import validate
 from mgm.workdir import check_and_save_config
-from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step, param_count
-
-
-@dataclasses.dataclass
-class Run:
-  """What every mode builds from a config: model, optimizer, initial state
-  (created sharded on the mesh), and the train/eval steps jitted for that layout."""
-  config: object
-  workdir: str
-  model: LM
-  tx: object
-  schedule: object
-  state: object
-  layout: sharding.Layout
-  train_step: object   # (state, global batch) -> (state, metrics); donates state
-  eval_step: object    # (params, global batch) -> (sum of nats, token count)
-  flops_per_token: float   # analytic training FLOPs per token (mgm/flops.py)
-
-  @classmethod
-  def create(cls, config, workdir, mesh=None):
-    """`mesh` defaults to the one `config.mesh` makes of all devices."""
-    model = LM(spec_lib.from_config(config.model), config.data.packing)
-    tx, schedule = make_optimizer(config.train)
-    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-    layout = sharding.make_layout(config, model, tx, mesh)
-    shape = (config.train.batch_size, config.data.seq_len)
-    init = layout.jit(lambda rng: init_state(model, tx, rng, shape), out_shardings=layout.state)
-    return cls(config, workdir, model, tx, schedule, init(jax.random.key(config.seed)), layout,
-               layout.train_step(make_train_step(model, tx, config.train.grad_accum)),
-               layout.eval_step(make_eval_step(model)),
-               flops.train_flops_per_token(model.spec, config.data.seq_len))
-
-  @property
-  def tokens_per_step(self) -> int:
-    return self.config.train.batch_size * self.config.data.seq_len
-
-  def speed(self, tokens_per_sec: float, step: int) -> dict:
-    """Training FLOPs so far, TFLOP/s and MFU at a measured tokens/s."""
-    return {"train_flops": step * self.tokens_per_step * self.flops_per_token,
-            **flops.utilization(tokens_per_sec, self.flops_per_token)}
-
-  def batches(self, split: str, seed: int):
-    """This process's share of the global batches of `split` (the training stream)."""
-    index, count = self.layout.data_shard()
-    return pipeline.make_dataset(self.config.data, split, batch_size=self.config.train.batch_size,
-                                 seed=seed, process_index=index, process_count=count)
-
-  def eval_set(self) -> list[dict]:
-    """This process's share of the fixed evaluation batches."""
-    index, count = self.layout.data_shard()
-    return pipeline.eval_batches(self.config.data, batch_size=self.config.train.batch_size,
-                                 num_batches=self.config.train.eval_batches,
-                                 process_index=index, process_count=count)
-
-  def evaluate(self, params, batches) -> dict:
-    total, count = 0.0, 0.0
-    for batch in batches:
-      s, c = self.eval_step(params, self.layout.global_batch(batch))
-      total, count = total + float(s), count + float(c)
-    nats = total / max(count, 1.0)
-    return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
-
-  def continuation_scores(self, params) -> dict:
-    """BLEU, chrF and ROUGE of greedy continuations of held-out text (eval.*): the
-    first prompt_tokens of each validation sequence are the prompt, the next
-    new_tokens the reference. Every process continues the same sequences."""
-    cfg = self.config.eval
-    if not cfg.continuations:
-      return {}
-    length = cfg.prompt_tokens + cfg.new_tokens
-    rows = pipeline.held_out_rows(
-        self.config.data, length=length, limit=cfg.continuations,
-        max_rows=self.config.train.batch_size * self.config.train.eval_batches)
-    if not rows:
-      raise ConfigError("eval.continuations", "no validation sequence holds "
-                        f"{length} real tokens; lower eval.prompt_tokens/new_tokens")
-    spec = decode.DecodeSpec(strategy="greedy", max_new=cfg.new_tokens, stop_at_eos=False)
-    tokens, lengths = decode.pack_tokens([r[:cfg.prompt_tokens] for r in rows], spec,
-                                         self.model, self.config.data.seq_len)
-    out, _ = decode.generate(self.model, params, tokens, lengths, jax.random.key(0), spec)
-    references = [detokenize(r[cfg.prompt_tokens:length]) for r in rows]
-    return text_scores(decode.new_text(out, lengths, detokenize), references)
-
-  def samples(self, params, step: int) -> list[str]:
-    """Prompt + generated text for each prompt x sample.num_samples (the cached
-    generator); random numbers keyed by sample.seed and the step, so a resumed
-    run draws the same ones. Warns when a sample outgrew a level's max_units."""
-    cfg = self.config.sample
-    spec = decode.from_config(cfg, self.config.model.vocab_size)
-    texts = [p.text for p in read_prompts(self.config) for _ in range(cfg.num_samples)]
-    tokens, lengths = decode.pack_prompts(texts, spec, self.model, self.config.data.seq_len)
-    rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
-    out, _ = decode.generate(self.model, params, tokens, lengths, rng, spec)
-    _warn_unit_overflow(self.model.spec, np.asarray(out), self.config.data.seq_len)
-    return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
 
 
 def is_main() -> bool:
   """Only process 0 writes logs, samples and summaries (all take part in checkpoints)."""
   return jax.process_index() == 0
-
-
-def _warn_unit_overflow(spec, buffer, seq_len: int):
-  """Warn (naming the field) for each generated row [S] whose prompt + new tokens
-  (up to the first PAD) hold more units than a level's max_units: past that point
-  the generator's coarse context is wrong. Prompts alone are refused by validation."""
-  for i, row in enumerate(buffer):
-    real = row[:np.argmax(row == PAD)] if (row == PAD).any() else row
-    excess = unit_excess(spec, real, seq_len)
-    if excess:
-      level, count, bound = excess
-      logging.warning("sample %d: prompt + generated text hold %d units at model.levels[%d] "
-                      "(max_units=%d); the text after the overflow is unreliable: raise "
-                      "model.levels[%d].max_units or lower sample.max_new_tokens",
-                      i, count, level, bound, level)
 
 
 class Throughput:
@@ -175,27 +62,6 @@ def check_units(metrics, config, step):
     fields = ", ".join(f"model.levels[{i}].max_units" for i in dynamic) or "model.levels"
     raise ConfigError(fields, f"a batch before step {step} had {excess} more units than "
                       "the static maximum; raise it (or lower data.seq_len / set max_len)")
-
-
-def write_samples(workdir, name, texts, config, step: int) -> str:
-  """samples/NAME (NAME_2, NAME_3, ... when taken: never overwritten), headed by the
-  step, the prompts and every sample.* field, one `# key: JSON value` line each."""
-  directory = os.path.join(workdir, "samples")
-  os.makedirs(directory, exist_ok=True)
-  stem, ext = os.path.splitext(name)
-  header = {"step": step, "prompts": [p.text for p in read_prompts(config)],
-            **{f"sample.{k}": v for k, v in config.sample.to_dict().items()}}
-  for n in itertools.count(1):
-    path = os.path.join(directory, f"{stem}{'' if n == 1 else f'_{n}'}{ext}")
-    try:
-      f = open(path, "x", encoding="utf-8")   # fails if it exists: nothing is overwritten
-    except FileExistsError:
-      continue
-    with f:
-      f.writelines(f"# {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in header.items())
-      for i, text in enumerate(texts):
-        f.write(f"=== sample {i} ===\n{text}\n")
-    return path
 
 
 class NonFiniteGuard:
@@ -238,30 +104,40 @@ class Trainer:
   began. The run's wall time (`wall_s` in metrics rows and the summary) adds
   this invocation's to the run's at `start` (its last logged row up to there)."""
 
-  def __init__(self, run: Run, mngr, data_iter, writer, start: int = 0, t0: float | None = None):
-    self.run, self.mngr, self.data_iter, self.writer = run, mngr, data_iter, writer
+  def __init__(self, setup: Setup, workdir: str, mngr, data_iter, writer, start: int = 0,
+               t0: float | None = None):
+    self.setup, self.config, self.workdir = setup, setup.config, workdir
+    self.mngr, self.data_iter, self.writer = mngr, data_iter, writer
     self.start, self.t0 = start, time.time() if t0 is None else t0
-    self.prior_wall_s = float(last_logged(os.path.join(run.workdir, "metrics.jsonl"),
+    self.prior_wall_s = float(last_logged(os.path.join(workdir, "metrics.jsonl"),
                                           "wall_s", start))
-    self.eval_set = run.eval_set()
-    self.meter = Throughput(run.tokens_per_step)
+    self.eval_set = batches.eval_set(self.config, setup.placement)
+    self.meter = Throughput(setup.tokens_per_step)
     self.last_eval = {}
-    stats = pipeline.source_stats(run.config.data)
+    stats = pipeline.source_stats(self.config.data)
     self.references = {k: stats[k] for k in REFERENCES if k in stats}
 
   def wall_s(self) -> float:
     return self.prior_wall_s + time.time() - self.t0
 
+  def save_config(self):
+    """config.json: once the first step has run (a run failing before it leaves none)."""
+    check_and_save_config(self.workdir, self.config, write=is_main())
+
   def steps(self, state, start: int, preempt: Preemption):
     """Train from `start` to train.steps; after a preemption signal, stop once
     the step in flight is done and saved."""
-    cfg = self.run.config.train
+    cfg = self.config.train
     guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, unit="step",
                bar_format=ETA_BAR, dynamic_ncols=True, mininterval=1.0, disable=not is_main())
+    if start >= cfg.steps:
+      self.save_config()   # no step left to run
     for step in bar:
-      batch = self.run.layout.global_batch(next(self.data_iter))
-      state, metrics = self.run.train_step(state, batch)
+      batch = self.setup.placement.global_batch(next(self.data_iter))
+      state, metrics = self.setup.train_step(state, batch)
+      if step == start:
+        self.save_config()
       done = step + 1
       guard.check(metrics, done)
       evaluated = self.log(state, metrics, done, bar)
@@ -279,23 +155,23 @@ class Trainer:
 
   def log(self, state, metrics, step: int, bar) -> dict:
     """A metrics row on log and eval steps; the eval results when evaluated now."""
-    cfg = self.run.config.train
+    cfg = self.config.train
     evaluate = step % cfg.eval_every == 0 or step == cfg.steps
     if not (evaluate or step % cfg.log_every == 0):
       return {}
     loss = float(metrics["loss"])   # blocks, so the meter times real compute
     tokens_per_sec = self.meter.tick(step)   # before anything else runs on the host
-    check_units(metrics, self.run.config, step)
+    check_units(metrics, self.config, step)
     row = {"train_loss": loss, "bpb": bits_per_byte(loss),
-           "grad_norm": float(metrics["grad_norm"]), "lr": float(self.run.schedule(step - 1)),
+           "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
            **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
-      evaluated = self.run.evaluate(state.params, self.eval_set)
+      evaluated = evaluation.held_out_loss(self.setup, state.params, self.eval_set)
       flops.probe_peak()   # again: the fastest probe of the run is its peak
-    row.update(self.run.speed(row["tokens_per_sec"], step))
+    row.update(self.setup.speed(row["tokens_per_sec"], step))
     self.last_eval = evaluated or self.last_eval
     self.writer.write(step, {**row, **evaluated})
     if evaluated and is_main():
@@ -312,45 +188,47 @@ class Trainer:
   def finish(self, state) -> dict:
     """Final eval (unless the last step had one), samples and summary.json (its
     keys: README.md, "summary.json")."""
-    run = self.run
-    last_eval = self.last_eval or run.evaluate(state.params, self.eval_set)
+    setup, config = self.setup, self.config
+    last_eval = self.last_eval or evaluation.held_out_loss(setup, state.params, self.eval_set)
     step = int(state.step)
-    texts = run.samples(state.params, step)   # every process: generation is SPMD
+    texts = samples.draw(config, setup.model, state.params, step)   # every process: SPMD
     flops.probe_peak()                        # at the end too (see flops.probe_peak)
-    summary = {**last_eval, **run.continuation_scores(state.params), **self.references,
-               "steps": step, "tokens": step * run.tokens_per_step, "wall_s": self.wall_s(),
-               "invocation_tokens": (step - self.start) * run.tokens_per_step,
+    summary = {**last_eval, **evaluation.continuation_scores(config, setup.model, state.params),
+               **self.references,
+               "steps": step, "tokens": step * setup.tokens_per_step, "wall_s": self.wall_s(),
+               "invocation_tokens": (step - self.start) * setup.tokens_per_step,
                "invocation_wall_s": time.time() - self.t0,
                "tokens_per_sec": self.meter.average(), "params": param_count(state.params),
-               "flops_per_token": run.flops_per_token, **run.speed(self.meter.average(), step)}
+               "flops_per_token": setup.flops_per_token,
+               **setup.speed(self.meter.average(), step)}
     if is_main():
-      write_samples(run.workdir, f"step_{step}.txt", texts, run.config, step)
-      path = os.path.join(run.workdir, "summary.json")
+      samples.write(self.workdir, f"step_{step}.txt", texts, config, step)
+      path = os.path.join(self.workdir, "summary.json")
       set_aside(path)
       write_json(path, summary)
     return summary
 
 
-def _initial_state(run: Run, mngr, data_iter):
+def _initial_state(setup: Setup, mngr, data_iter):
   """(state, step): the newest usable checkpoint's; else parameters from
   checkpoint.init_from with a fresh optimizer at step 0; else the fresh state."""
   checkpoint.set_aside_partial(mngr)
-  state, step = checkpoint.restore_newest(mngr, checkpoint.abstract(run.state), data_iter,
+  state, step = checkpoint.restore_newest(mngr, checkpoint.abstract(setup.state), data_iter,
                                           move_aside=True)
   if step is not None:
     logging.info("resumed from step %d", step)
     return state, step
-  if run.config.checkpoint.init_from:
-    params, source = checkpoint.restore_params(run.config.checkpoint.init_from,
-                                               checkpoint.abstract(run.state.params))
+  if setup.config.checkpoint.init_from:
+    params, source = checkpoint.restore_params(setup.config.checkpoint.init_from,
+                                               checkpoint.abstract(setup.state.params))
     logging.info("parameters from %s; the optimizer and the step start afresh", source)
-    placed_like = jax.tree.map(lambda a: a.sharding, run.state.opt_state)
-    return run.state.replace(params=params,
-                             opt_state=jax.device_put(run.tx.init(params), placed_like)), 0
-  return run.state, 0
+    placed_like = jax.tree.map(lambda a: a.sharding, setup.state.opt_state)
+    return setup.state.replace(params=params,
+                               opt_state=jax.device_put(setup.tx.init(params), placed_like)), 0
+  return setup.state, 0
 
 
-def run(config, workdir: str, mode: str):
+def run_mode(config, workdir: str, mode: str):
   """Validate, check the workdir against the config, then train, eval or sample:
   what launch.py and the experiment runner call. Nothing is written before
   validation passes; training saves config.json once its first step has run."""
@@ -359,7 +237,8 @@ def run(config, workdir: str, mode: str):
   logging.info("mode=%s workdir=%s; config (in full: config.json there):\n%s", mode, workdir,
                config_text(config))
   logging.info("%s", pipeline.describe_corpus(config.data))
-  return {"train": train, "eval": evaluate, "sample": sample}[mode](config, os.path.abspath(workdir))
+  modes = {"train": train, "eval": evaluate, "sample": sample}
+  return modes[mode](config, os.path.abspath(workdir))
 
 
 def _value(value) -> str:
@@ -407,18 +286,15 @@ def train(config, workdir) -> dict:
   SIGINT: save the step reached and return {'stopped_by', 'step', 'exit_s'}."""
   t0 = time.time()
   with Preemption() as preempt:   # a signal during start-up stops after the first step
-    run = Run.create(config, workdir)
-    save_config = _once(lambda: check_and_save_config(workdir, config, write=is_main()))
-    run.train_step = _then(run.train_step, save_config)   # a run failing before step 1
+    setup = Setup.create(config)
     flops.probe_peak()   # at start-up; again at each evaluation and at the end
-    data_iter = iter(run.batches("train", seed=config.seed))   # leaves no config.json
+    data_iter = iter(batches.train_stream(config, setup.placement, seed=config.seed))
     mngr = checkpoint.manager(workdir, config.checkpoint)
-    state, start = _initial_state(run, mngr, data_iter)
+    state, start = _initial_state(setup, mngr, data_iter)
     writer = MetricsWriter(workdir, enabled=is_main(), start_step=start)
-    trainer = Trainer(run, mngr, data_iter, writer, start, t0)
+    trainer = Trainer(setup, workdir, mngr, data_iter, writer, start, t0)
     try:
       state = trainer.steps(state, start, preempt)
-      save_config()   # when no step was left to run
     finally:
       mngr.wait_until_finished()   # a save in flight completes, whatever happened
       writer.close()
@@ -428,30 +304,12 @@ def train(config, workdir) -> dict:
   return trainer.finish(state)
 
 
-def _once(fn):
-  """fn, run on the first call only."""
-  calls = []
-  def once():
-    if not calls:
-      calls.append(fn())
-  return once
-
-
-def _then(step_fn, after):
-  """step_fn, calling `after()` each time it returns (cheap once `after` is a _once)."""
-  def wrapped(*args):
-    out = step_fn(*args)
-    after()
-    return out
-  return wrapped
-
-
-def _restore_latest(run: Run):
-  ckpt_dir = os.path.join(run.workdir, "checkpoints")
+def _restore_latest(setup: Setup, workdir: str):
+  ckpt_dir = os.path.join(workdir, "checkpoints")
   state = step = None
   if os.path.isdir(ckpt_dir):
     state, step = checkpoint.restore_newest(checkpoint.read_only_manager(ckpt_dir),
-                                            checkpoint.abstract(run.state))
+                                            checkpoint.abstract(setup.state))
   if step is None:
     raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point "
                        "--workdir at a trained run")
@@ -459,20 +317,21 @@ def _restore_latest(run: Run):
 
 
 def evaluate(config, workdir) -> dict:
-  run = Run.create(config, workdir)
-  state, step = _restore_latest(run)
-  result = {"step": step, **run.evaluate(state.params, run.eval_set()),
-            **run.continuation_scores(state.params)}
+  setup = Setup.create(config)
+  state, step = _restore_latest(setup, workdir)
+  eval_set = batches.eval_set(config, setup.placement)
+  result = {"step": step, **evaluation.held_out_loss(setup, state.params, eval_set),
+            **evaluation.continuation_scores(config, setup.model, state.params)}
   if is_main():
     write_json(os.path.join(workdir, f"eval_step_{step}.json"), result)
   return result
 
 
 def sample(config, workdir) -> list[str]:
-  run = Run.create(config, workdir)
-  state, step = _restore_latest(run)
-  texts = run.samples(state.params, step)
+  setup = Setup.create(config)
+  state, step = _restore_latest(setup, workdir)
+  texts = samples.draw(config, setup.model, state.params, step)
   if is_main():
-    write_samples(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts,
+    samples.write(workdir, f"sample_step_{step}_seed_{config.sample.seed}.txt", texts,
                   config, step)
   return texts

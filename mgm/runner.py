@@ -59,9 +59,9 @@ class Experiment:
   notes: str = ""
 
 
-def load(spec: str) -> Experiment:
+def load(experiment_path: str) -> Experiment:
   """'experiments/NAME.py:size' -> the Experiment its get_experiment(size) returns."""
-  path, _, arg = spec.partition(":")
+  path, _, arg = experiment_path.partition(":")
   module = _import(path)
   if not hasattr(module, "get_experiment"):
     raise ConfigError("--experiment", f"{path} defines no get_experiment(size)")
@@ -183,14 +183,15 @@ def status(directory: str, steps: int) -> str:
   return "resume" if os.path.isdir(os.path.join(directory, "checkpoints")) else "new"
 
 
-def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
-  """Train every arm of the experiment `spec` (skipping finished ones), then write
-  the table and plots. Returns {'table': path} or, when a run was preempted,
-  {'stopped_by', 'arm'}; with `dry_run`, prints the arms' commands instead."""
+def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) -> dict:
+  """Train every arm of the experiment `experiment_path` ('experiments/NAME.py:size'),
+  skipping finished ones, then write the table and plots. Returns {'table': path}
+  or, when a run was preempted, {'stopped_by', 'arm'}; with `dry_run`, prints the
+  arms' commands instead."""
   from mgm import loop, report   # deferred: only a run that trains needs them
-  experiment = load(spec)
+  experiment = load(experiment_path)
   plans = planned_overrides(experiment)
-  command_line = f"python launch.py --experiment={spec} --workdir={workdir}"
+  command_line = f"python launch.py --experiment={experiment_path} --workdir={workdir}"
   workdir = os.path.abspath(workdir)
   if dry_run:   # stdout: the commands only, so that `| sh` runs them
     for arm in experiment.arms:
@@ -205,7 +206,7 @@ def run(spec: str, workdir: str, dry_run: bool = False) -> dict:
                  len(experiment.arms), arm.name, state, steps, directory)
     if state == "done":
       continue
-    result = loop.run(arm_config(arm, plans[arm.name]), directory, "train")
+    result = loop.run_mode(arm_config(arm, plans[arm.name]), directory, "train")
     if "stopped_by" in result:
       return {"stopped_by": result["stopped_by"], "arm": arm.name}
   rows = [{"arm": arm.name, "paper": arm.paper, **finished_summary(arm_dir(workdir, arm))}

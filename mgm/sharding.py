@@ -103,12 +103,12 @@ def check_rules(rules) -> tuple:
   return tuple(out)
 
 
-def fit_spec(spec: P, shape, mesh: Mesh) -> P:
-  """`spec` with each dimension's mesh axes cut to the longest prefix whose size
+def fit_partition_spec(pspec: P, shape, mesh: Mesh) -> P:
+  """`pspec` with each dimension's mesh axes cut to the longest prefix whose size
   divides that dimension: arrays must shard evenly (a byte vocabulary of 259,
   2 heads on 8 tensor devices), so such a dimension is replicated instead."""
   dims = []
-  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+  for size, axes in zip(shape, tuple(pspec) + (None,) * (len(shape) - len(pspec))):
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     while axes and size % math.prod(mesh.shape[a] for a in axes):
       axes = axes[:-1]
@@ -133,23 +133,23 @@ def _param_name(path) -> str:
   return str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
 
 
-def _shards(spec: P, mesh: Mesh) -> int:
-  """Into how many pieces `spec` cuts an array on `mesh`."""
-  axes = [a for dim in spec if dim is not None for a in ((dim,) if isinstance(dim, str) else dim)]
+def _shards(pspec: P, mesh: Mesh) -> int:
+  """Into how many pieces `pspec` cuts an array on `mesh`."""
+  axes = [a for dim in pspec if dim is not None for a in ((dim,) if isinstance(dim, str) else dim)]
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def _param_specs(boxed_params, rules, mesh: Mesh):
+def _param_pspecs(boxed_params, rules, mesh: Mesh):
   """Mesh PartitionSpecs of the (unboxed) params, from the boxed abstract init."""
-  is_spec = lambda x: isinstance(x, P)
+  is_pspec = lambda x: isinstance(x, P)
   wanted = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules)
   shapes = nn.meta.unbox(boxed_params)
   fitted = jax.tree_util.tree_map_with_path(
       lambda path, s, a: P() if _param_name(path) in GATHERED_PARAMS
-      else fit_spec(s, a.shape, mesh), wanted, shapes, is_leaf=is_spec)
+      else fit_partition_spec(s, a.shape, mesh), wanted, shapes, is_leaf=is_pspec)
   for (path, a), w, f in zip(jax.tree_util.tree_leaves_with_path(shapes),
-                             jax.tree.leaves(wanted, is_leaf=is_spec),
-                             jax.tree.leaves(fitted, is_leaf=is_spec)):
+                             jax.tree.leaves(wanted, is_leaf=is_pspec),
+                             jax.tree.leaves(fitted, is_leaf=is_pspec)):
     if _shards(w, mesh) != _shards(f, mesh):
       logging.info("%s %s: rules give %s (uneven on mesh %s, or gathered from); using %s",
                    jax.tree_util.keystr(path), a.shape, w, dict(mesh.shape), f)
@@ -157,9 +157,10 @@ def _param_specs(boxed_params, rules, mesh: Mesh):
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class Placement:
   """Where the train state and the batches live, and the mesh + rules under
-  which the model is traced (its activation constraints read them)."""
+  which the model is traced (its activation constraints read them); `jit`
+  traces a function under them."""
   mesh: Mesh
   rules: tuple
   state: Any            # TrainState of NamedSharding
@@ -177,7 +178,7 @@ class Layout:
       yield
 
   def jit(self, fn, **jit_kwargs):
-    """`jax.jit(fn, **jit_kwargs)`, traced (on first call) under this layout's context."""
+    """`jax.jit(fn, **jit_kwargs)`, traced (on first call) under this placement's context."""
     jitted = jax.jit(fn, **jit_kwargs)
 
     @functools.wraps(fn)
@@ -225,13 +226,13 @@ class Layout:
         self.batch, v, (self.batch_size,) + v.shape[1:]) for k, v in local.items()}
 
 
-def _lower(layout, jitted, args):
-  with layout.context():
+def _lower(placement, jitted, args):
+  with placement.context():
     return jitted.lower(*args)
 
 
-def _check_batch(batch_size: int, spec: P, mesh: Mesh, grad_accum: int = 1):
-  axes = () if spec[0] is None else (spec[0],) if isinstance(spec[0], str) else spec[0]
+def _check_batch(batch_size: int, pspec: P, mesh: Mesh, grad_accum: int = 1):
+  axes = () if pspec[0] is None else (pspec[0],) if isinstance(pspec[0], str) else pspec[0]
   parallel = math.prod(mesh.shape[a] for a in axes)
   if batch_size % parallel:
     raise ConfigError("train.batch_size", f"the global batch {batch_size} must be a multiple "
@@ -243,27 +244,27 @@ def _check_batch(batch_size: int, spec: P, mesh: Mesh, grad_accum: int = 1):
                       "lower train.grad_accum or raise train.batch_size")
 
 
-def make_layout(config, model, tx, mesh: Mesh) -> Layout:
+def make_placement(config, model, tx, mesh: Mesh) -> Placement:
   """Shardings of the train state (params by the rules; optimizer moments like
   their params; everything else, such as step and counters, replicated) and of
   the batch. Abstract only: nothing is allocated, so this also serves
   ahead-of-time compilation."""
   rules = check_rules(config.mesh.rules)
   shape = (config.train.batch_size, config.data.seq_len)
-  batch_spec = nn.logical_to_mesh_axes(BATCH_AXES, rules)
-  _check_batch(shape[0], batch_spec, mesh, config.train.grad_accum)
+  batch_pspec = nn.logical_to_mesh_axes(BATCH_AXES, rules)
+  _check_batch(shape[0], batch_pspec, mesh, config.train.grad_accum)
   key = jax.random.key(0)
   boxed = jax.eval_shape(lambda r: init_params(model, r, shape), key)
   abstract = jax.eval_shape(lambda r: init_state(model, tx, r, shape), key)
-  is_spec = lambda x: isinstance(x, P)
-  params = _param_specs(boxed, rules, mesh)
+  is_pspec = lambda x: isinstance(x, P)
+  params = _param_pspecs(boxed, rules, mesh)
   opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params,
-                              transform_non_params=lambda _: P(), is_leaf=is_spec)
-  specs = jax.tree.map(lambda _: P(), abstract).replace(params=params, opt_state=opt)
-  state = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)
+                              transform_non_params=lambda _: P(), is_leaf=is_pspec)
+  pspecs = jax.tree.map(lambda _: P(), abstract).replace(params=params, opt_state=opt)
+  state = jax.tree.map(lambda s: NamedSharding(mesh, s), pspecs, is_leaf=is_pspec)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state)
-  return Layout(mesh, rules, state, abstract, NamedSharding(mesh, batch_spec), shape[0])
+  return Placement(mesh, rules, state, abstract, NamedSharding(mesh, batch_pspec), shape[0])
 
 
 def _gib(num_bytes) -> float:
@@ -283,20 +284,20 @@ def aot_memory_report(config, mesh: Mesh) -> dict:
   numbers are the CPU compiler's; an accelerator's differ (fusion, layouts)."""
   model = LM(spec_lib.from_config(config.model), config.data.packing)
   tx, _ = make_optimizer(config.train)
-  layout = make_layout(config, model, tx, mesh)
-  step = layout.train_step(make_train_step(model, tx, config.train.grad_accum))
+  placement = make_placement(config, model, tx, mesh)
+  step = placement.train_step(make_train_step(model, tx, config.train.grad_accum))
   start = time.perf_counter()
-  compiled = step.lower(layout.abstract_state, layout.abstract_batch(config.data.seq_len)
+  compiled = step.lower(placement.abstract_state, placement.abstract_batch(config.data.seq_len)
                         ).compile()
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           - mem.alias_size_in_bytes)
   return {"mesh": dict(mesh.shape), "devices": mesh.size, "backend": jax.default_backend(),
-          "params": param_count(layout.abstract_state.params),
+          "params": param_count(placement.abstract_state.params),
           "batch": config.train.batch_size, "seq_len": config.data.seq_len,
           "dtype": config.model.dtype, "remat": config.model.remat,
           "compile_s": round(time.perf_counter() - start, 1),
-          "state_gib_per_device": _gib(bytes_per_device(layout.abstract_state)),
+          "state_gib_per_device": _gib(bytes_per_device(placement.abstract_state)),
           "argument_gib": _gib(mem.argument_size_in_bytes),
           "output_gib": _gib(mem.output_size_in_bytes),
           "alias_gib": _gib(mem.alias_size_in_bytes),

@@ -132,8 +132,8 @@ def validate(config):
   sharding.check_rules(config.mesh.rules)
   sharding.mesh_shape(config.mesh, jax.device_count())
   spec_lib.check_packing(config.data.packing)
-  sample = decode.from_config(config.sample, config.model.vocab_size)
-  if set(range(256)) - NOT_IN_UTF8 <= set(sample.banned):
+  settings = decode.from_config(config.sample, config.model.vocab_size)
+  if set(range(256)) - NOT_IN_UTF8 <= set(settings.banned):
     raise ConfigError("sample.banned", "bans every byte UTF-8 text uses; nothing readable "
                       "can be generated; ban fewer")
   if config.eval.prompt_tokens + config.eval.new_tokens > config.data.seq_len:
@@ -142,7 +142,7 @@ def validate(config):
                       f"{config.data.seq_len}; lower one")
   _open_source(config.data)
   _validate_units(config, spec)
-  _validate_prompts(config, spec, sample)
+  _validate_prompts(config, spec, settings)
   _validate_continuations(config)
 
 
@@ -209,18 +209,18 @@ def _validate_checkpoint(ckpt, train):
                       "(a directory N/ in it or in its checkpoints/); point it at a trained run")
 
 
-def _validate_prompts(config, spec, sample):
+def _validate_prompts(config, spec, settings):
   """Every prompt fits data.seq_len with sample.max_new_tokens and has no more units
   than a coarse level's model.levels[i].max_units (generation would overflow)."""
   seq_len = config.data.seq_len
-  if sample.max_new >= seq_len:
-    raise ConfigError("sample.max_new_tokens", f"{sample.max_new} leaves no room for a "
+  if settings.max_new >= seq_len:
+    raise ConfigError("sample.max_new_tokens", f"{settings.max_new} leaves no room for a "
                       f"prompt within data.seq_len={seq_len}; lower it")
   for prompt in prompts.read_prompts(config):
     tokens = encode(prompt.text)
-    if len(tokens) + sample.max_new > seq_len:
+    if len(tokens) + settings.max_new > seq_len:
       raise ConfigError(prompt.field, f"{prompt.origin} is {len(tokens)} bytes; with "
-                        f"sample.max_new_tokens={sample.max_new} that exceeds data.seq_len="
+                        f"sample.max_new_tokens={settings.max_new} that exceeds data.seq_len="
                         f"{seq_len}; shorten it or lower sample.max_new_tokens")
     excess = unit_excess(spec, tokens, seq_len)
     if excess:

@@ -3,7 +3,7 @@ import json
 import os
 
 from mgm.errors import WorkdirError
-from mgm.metrics import set_aside, write_json
+from mgm.files import set_aside, write_json
 from mgm.model.spec import LevelSpec, ModelSpec, field_defaults
 
 # Sections that fix the shapes of parameters and data: a run cannot continue

@@ -24,15 +24,15 @@ def config_for(port: int, process_id: int):
   return config
 
 
-def layout_for(config):
+def placement_for(config):
   """Where the train state lives on the global mesh (abstract: nothing compiled)."""
   from mgm import sharding
   from mgm.model import spec as spec_lib
   from mgm.model.lm import LM
   from mgm.train import make_optimizer
   tx, _ = make_optimizer(config.train)
-  return sharding.make_layout(config, LM(spec_lib.from_config(config.model)), tx,
-                              sharding.make_mesh(config.mesh))
+  return sharding.make_placement(config, LM(spec_lib.from_config(config.model)), tx,
+                                 sharding.make_mesh(config.mesh))
 
 
 def param_sums(params) -> dict:
@@ -50,22 +50,22 @@ def main(port: int, process_id: int, workdir: str, out: str):
   sharding.initialize_distributed(config.distributed)
   import jax
   fed = []
-  to_global = sharding.Layout.global_batch
+  to_global = sharding.Placement.global_batch
 
-  def recording(layout, local):
+  def recording(placement, local):
     fed.append(local["tokens"].tolist())
-    return to_global(layout, local)
+    return to_global(placement, local)
 
-  sharding.Layout.global_batch = recording
+  sharding.Placement.global_batch = recording
   summary = loop.train(config, workdir)
   train_fed = fed[:STEPS]   # then come the eval batches
-  layout = layout_for(config)
+  placement = placement_for(config)
   mngr = checkpoint.read_only_manager(os.path.join(workdir, "checkpoints"))
-  state, step = checkpoint.restore_newest(mngr, layout.abstract_state)
+  state, step = checkpoint.restore_newest(mngr, placement.abstract_state)
   with open(out, "w", encoding="utf-8") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-               "data_shard": list(layout.data_shard()), "fed": train_fed,
+               "data_shard": list(placement.data_shard()), "fed": train_fed,
                "restored_step": step, "restored_sums": param_sums(state.params),
                "steps": summary["steps"]}, f)
 

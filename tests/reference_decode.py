@@ -38,63 +38,63 @@ def ngram_banned(text, n: int) -> set:
   return {text[j + n - 1] for j in range(len(text) - n + 1) if list(text[j:j + n - 1]) == tail}
 
 
-def log_probs(logits, text, i, spec):
+def log_probs(logits, text, i, settings):
   """log p(next | text) after every processing rule, for new-token index i; -inf
   for what may not be emitted. `text` is prompt + new tokens so far."""
   x = np.array(logits, np.float64)
-  p = spec.repetition_penalty
+  p = settings.repetition_penalty
   if p != 1.0:
     for v in set(text):
       x[v] = x[v] / p if x[v] > 0 else x[v] * p
   allowed = np.ones(x.shape, bool)
-  allowed[list(ngram_banned(text, spec.no_repeat_ngram))] = False
-  allowed[list(spec.banned) + [PAD, BOS]] = False
-  if i < spec.min_new or not spec.stop_at_eos:
+  allowed[list(ngram_banned(text, settings.no_repeat_ngram))] = False
+  allowed[list(settings.banned) + [PAD, BOS]] = False
+  if i < settings.min_new or not settings.stop_at_eos:
     allowed[EOS] = False
-  if i < len(spec.forced):
+  if i < len(settings.forced):
     allowed[:] = False
-    allowed[spec.forced[i]] = True
-    x[spec.forced[i]] = 0.0
+    allowed[settings.forced[i]] = True
+    x[settings.forced[i]] = 0.0
   x = np.where(allowed, x, -np.inf)
   return x - np.logaddexp.reduce(x[allowed])
 
 
-def ends(text, token, i, spec) -> bool:
+def ends(text, token, i, settings) -> bool:
   """Does writing `token` (new-token index i; `text` already holds it) end the row?"""
-  if i + 1 >= spec.max_new:
+  if i + 1 >= settings.max_new:
     return True
-  if i + 1 < spec.min_new:
+  if i + 1 < settings.min_new:
     return False
-  if spec.stop_at_eos and token == EOS:
+  if settings.stop_at_eos and token == EOS:
     return True
-  return any(len(s) <= len(text) and tuple(text[-len(s):]) == tuple(s) for s in spec.stop)
+  return any(len(s) <= len(text) and tuple(text[-len(s):]) == tuple(s) for s in settings.stop)
 
 
 def penalised(score, length, alpha):
   return score / ((5.0 + length) / 6.0) ** alpha
 
 
-def exhaustive(tf, prompt, spec):
+def exhaustive(tf, prompt, settings):
   """Every continuation the rules allow -> [(penalised score, new tokens)], best first."""
   live, done = [(list(prompt), 0.0)], []
-  for i in range(spec.max_new):
+  for i in range(settings.max_new):
     logits = tf([text for text, _ in live])
     nxt = []
     for (text, score), row in zip(live, logits):
-      logp = log_probs(row, text, i, spec)
+      logp = log_probs(row, text, i, settings)
       for v in np.flatnonzero(np.isfinite(logp)):
         hyp = (text + [int(v)], score + logp[v])
-        (done if ends(hyp[0], int(v), i, spec) else nxt).append(hyp)
+        (done if ends(hyp[0], int(v), i, settings) else nxt).append(hyp)
     live = nxt
-  ranked = [(penalised(s, len(t) - len(prompt), spec.length_penalty), t[len(prompt):])
+  ranked = [(penalised(s, len(t) - len(prompt), settings.length_penalty), t[len(prompt):])
             for t, s in done]
   return sorted(ranked, key=lambda r: -r[0])
 
 
-def beam(tf, prompt, spec):
+def beam(tf, prompt, settings):
   """Beam search as mgm/decode.py defines it -> the new tokens of the best hypothesis."""
   beams = [(list(prompt), 0.0, False)]                 # text, sum of log-probs, finished
-  for i in range(spec.max_new):
+  for i in range(settings.max_new):
     live = [b for b in beams if not b[2]]
     if not live:
       break
@@ -104,11 +104,11 @@ def beam(tf, prompt, spec):
       if finished:
         cand.append((text, score, True))
         continue
-      logp = log_probs(logits[k], text, i, spec)
+      logp = log_probs(logits[k], text, i, settings)
       k += 1
       for v in np.flatnonzero(np.isfinite(logp)):
         new = text + [int(v)]
-        cand.append((new, score + logp[v], ends(new, int(v), i, spec)))
-    beams = sorted(cand, key=lambda c: -c[1])[:spec.beam_size]
-  best = max(beams, key=lambda b: penalised(b[1], len(b[0]) - len(prompt), spec.length_penalty))
+        cand.append((new, score + logp[v], ends(new, int(v), i, settings)))
+    beams = sorted(cand, key=lambda c: -c[1])[:settings.beam_size]
+  best = max(beams, key=lambda b: penalised(b[1], len(b[0]) - len(prompt), settings.length_penalty))
   return best[0][len(prompt):]

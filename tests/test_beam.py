@@ -39,12 +39,12 @@ def mgm3():
       name: (p, ref.TeacherForced(model, p, config.data.seq_len)) for name, p in variants.items()}
 
 
-def beam_search(model, params, seq_len, prompts, spec):
+def beam_search(model, params, seq_len, prompts, settings):
   tokens, lengths = decode.pack_tokens([np.frombuffer(p, np.uint8).astype(np.int32)
-                                        for p in prompts], spec, model, seq_len)
-  out, _ = decode.generate(model, params, tokens, lengths, jax.random.key(0), spec)
+                                        for p in prompts], settings, model, seq_len)
+  out, _ = decode.generate(model, params, tokens, lengths, jax.random.key(0), settings)
   out = np.asarray(out)
-  return [[int(t) for t in row[n:n + spec.max_new] if t != decode.PAD]
+  return [[int(t) for t in row[n:n + settings.max_new] if t != decode.PAD]
           for row, n in zip(out, np.asarray(lengths))]
 
 
@@ -52,8 +52,8 @@ def show(tokens):
   return "".join(chr(t) if t < 256 else "<EOS>" if t == decode.EOS else "?" for t in tokens)
 
 
-TOY = decode.DecodeSpec(strategy="beam", max_new=4, beam_size=128, banned=TOY_BANNED)
-CASES = {   # name: (model variant, spec); each a different rule decides the optimum
+TOY = decode.DecodeSettings(strategy="beam", max_new=4, beam_size=128, banned=TOY_BANNED)
+CASES = {   # name: (model variant, settings); each a different rule decides the optimum
     "early-eos": ("eos-likely", dataclasses.replace(TOY, length_penalty=1.0)),
     "length-penalty-stop-strings": ("eos-like-q", dataclasses.replace(
         TOY, length_penalty=3.0, stop=(tuple(b"a "), tuple(b"bb")))),
@@ -67,28 +67,28 @@ CASES = {   # name: (model variant, spec); each a different rule decides the opt
 @pytest.mark.parametrize("case", CASES)
 def test_full_width_beam_returns_the_exact_optimum(mgm3, case):
   model, seq_len, variants = mgm3
-  variant, spec = CASES[case]
+  variant, settings = CASES[case]
   params, tf = variants[variant]
-  got = beam_search(model, params, seq_len, PROMPTS, spec)
+  got = beam_search(model, params, seq_len, PROMPTS, settings)
   flips = 0
   for prompt, tokens in zip(PROMPTS, got):
-    ranked = ref.exhaustive(tf, list(prompt), spec)
-    assert len(ranked) <= spec.beam_size, "the beam is narrower than the candidate set"
+    ranked = ref.exhaustive(tf, list(prompt), settings)
+    assert len(ranked) <= settings.beam_size, "the beam is narrower than the candidate set"
     assert ranked[0][0] - ranked[1][0] > 1e-3, "a near tie: the test would be flaky"
     assert tokens == ranked[0][1], (
         f"{case}, prompt {prompt!r}: beam {show(tokens)!r}, optimum {show(ranked[0][1])!r}")
-    if spec.length_penalty > 1:
-      raw = ref.exhaustive(tf, list(prompt), dataclasses.replace(spec, length_penalty=0.0))
+    if settings.length_penalty > 1:
+      raw = ref.exhaustive(tf, list(prompt), dataclasses.replace(settings, length_penalty=0.0))
       flips += raw[0][1] != ranked[0][1]
-  if spec.length_penalty > 1:
+  if settings.length_penalty > 1:
     assert flips, "the length penalty never changed the optimum; the test would prove little"
   if case == "early-eos":
-    assert any(t and t[-1] == decode.EOS and len(t) < spec.max_new for t in got), "no early EOS"
+    assert any(t and t[-1] == decode.EOS and len(t) < settings.max_new for t in got), "no early EOS"
 
 
 NARROW = {
-    "plain": decode.DecodeSpec(strategy="beam", max_new=10, beam_size=4, stop_at_eos=False),
-    "penalties-stops": decode.DecodeSpec(
+    "plain": decode.DecodeSettings(strategy="beam", max_new=10, beam_size=4, stop_at_eos=False),
+    "penalties-stops": decode.DecodeSettings(
         strategy="beam", max_new=10, beam_size=4, min_new=2, repetition_penalty=1.3,
         no_repeat_ngram=3, length_penalty=0.6, stop=(tuple(b"e "), tuple(b"\n"))),
 }
@@ -99,9 +99,9 @@ def test_beam_4_equals_a_beam_that_rereads_every_hypothesis(mgm3, case):
   """Fails if a hypothesis continued from another's cache, buffer or seen ids."""
   model, seq_len, variants = mgm3
   params, tf = variants["eos-likely"]
-  spec = NARROW[case]
+  settings = NARROW[case]
   prompts = [b"", b"The cat. A dog", b"Hi"]
-  got = beam_search(model, params, seq_len, prompts, spec)
+  got = beam_search(model, params, seq_len, prompts, settings)
   for prompt, tokens in zip(prompts, got):
-    want = ref.beam(tf, list(prompt), spec)
+    want = ref.beam(tf, list(prompt), settings)
     assert tokens == want, f"{case}, prompt {prompt!r}: {show(tokens)!r} != {show(want)!r}"

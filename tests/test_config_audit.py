@@ -1,5 +1,5 @@
 """Every config field audited: walking the config, each field with a failure mode is
-given bad values, and each is refused by `loop.run` naming that field before
+given bad values, and each is refused by `loop.run_mode` naming that field before
 anything is written (no workdir, so no config.json and no checkpoint), including
 fields only read at the end of a run (sample.*, eval.*). In-process: validation
 refuses before any compile, so each case costs milliseconds."""
@@ -122,7 +122,7 @@ def nothing_compiles(monkeypatch):
   """A refusal comes before the model is built: building it fails the test."""
   def create(*args, **kwargs):
     raise AssertionError("the run got as far as building the model")
-  monkeypatch.setattr(loop.Run, "create", create)
+  monkeypatch.setattr(loop.Setup, "create", create)
 
 
 def _refused(tmp_path, field, value):
@@ -130,7 +130,7 @@ def _refused(tmp_path, field, value):
   override(config, field, value)
   workdir = tmp_path / "w"
   with pytest.raises(ConfigError) as error:
-    loop.run(config, str(workdir), "train")
+    loop.run_mode(config, str(workdir), "train")
   assert error.value.field == field, str(error.value)
   assert f"config field `{field}`: " in str(error.value) and "\n" not in str(error.value)
   assert not workdir.exists(), "a refused run writes nothing"
@@ -175,14 +175,14 @@ def test_tfds_fields_are_refused_by_validation(tmp_path, tfds_dir):
     config.data.update(source="tfds", tfds_name=name, tfds_data_dir=data_dir)
     override(config, field, value)
     with pytest.raises(ConfigError) as error:
-      loop.run(config, str(tmp_path / "w"), "train")
+      loop.run_mode(config, str(tmp_path / "w"), "train")
     assert error.value.field == field, str(error.value)
     assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("field,value", DISTRIBUTED_FIELDS.items())
 def test_distributed_fields_are_refused_first(field, value):
-  """launch.py calls initialize_distributed before loop.run: it refuses before
+  """launch.py calls initialize_distributed before loop.run_mode: it refuses before
   connecting (a coordinator that does not exist would hang, not raise)."""
   config = get_config(PRESET)
   config.distributed.coordinator_address = "localhost:1"

@@ -10,7 +10,7 @@ import pytest
 
 from configs import lm as lm_configs
 import reference_decode as ref
-from mgm import decode, loop
+from mgm import decode, samples
 from mgm.data.tokenizer import EOS, PAD
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
@@ -32,9 +32,9 @@ def preset(request):
   return model, params, config.data.seq_len
 
 
-def run(model, params, seq_len, spec, prompts=PROMPTS, seed=0, record=False):
-  tokens, lengths = decode.pack_prompts(prompts, spec, model, seq_len)
-  out, trace = decode.generate(model, params, tokens, lengths, jax.random.key(seed), spec,
+def generate(model, params, seq_len, settings, prompts=PROMPTS, seed=0, record=False):
+  tokens, lengths = decode.pack_prompts(prompts, settings, model, seq_len)
+  out, trace = decode.generate(model, params, tokens, lengths, jax.random.key(seed), settings,
                                record_logits=record)
   return np.asarray(out), np.asarray(lengths), None if trace is None else np.asarray(trace)
 
@@ -45,11 +45,12 @@ def teacher_forced(model, params, out):
 
 def test_incremental_logits_equal_teacher_forced(preset):
   model, params, seq_len = preset
-  spec = decode.DecodeSpec(strategy="sample", max_new=32, temperature=1.0, stop_at_eos=False)
-  out, lengths, trace = run(model, params, seq_len, spec, record=True)
+  settings = decode.DecodeSettings(strategy="sample", max_new=32, temperature=1.0,
+                                   stop_at_eos=False)
+  out, lengths, trace = generate(model, params, seq_len, settings, record=True)
   reference = teacher_forced(model, params, out)
   for b, n in enumerate(lengths):
-    np.testing.assert_allclose(trace[b], reference[b, n:n + spec.max_new], atol=1e-5, rtol=1e-5,
+    np.testing.assert_allclose(trace[b], reference[b, n:n + settings.max_new], atol=1e-5, rtol=1e-5,
                                err_msg=f"row {b} (prompt of {n} bytes)")
 
 
@@ -64,15 +65,15 @@ def test_greedy_is_the_argmax_and_beam_1_and_top_k_1_equal_it(name):
   config = lm_configs.get_config(f"model={name},size=tiny")
   model = LM(spec_lib.from_config(config.model))
   params, seq_len = init_params(model, jax.random.key(0), (2, 64)), config.data.seq_len
-  greedy = decode.DecodeSpec(strategy="greedy", max_new=24, stop_at_eos=False)
-  out, lengths, _ = run(model, params, seq_len, greedy)
+  greedy = decode.DecodeSettings(strategy="greedy", max_new=24, stop_at_eos=False)
+  out, lengths, _ = generate(model, params, seq_len, greedy)
   reference = teacher_forced(model, params, out)
   for b, n in enumerate(lengths):
     np.testing.assert_array_equal(out[b, n:n + 24], allowed_argmax(reference[b, n:n + 24]))
-  beam1, _, _ = run(model, params, seq_len,
-                    dataclasses.replace(greedy, strategy="beam", beam_size=1))
-  top1, _, _ = run(model, params, seq_len,
-                   dataclasses.replace(greedy, strategy="sample", top_k=1), seed=3)
+  beam1, _, _ = generate(model, params, seq_len,
+                         dataclasses.replace(greedy, strategy="beam", beam_size=1))
+  top1, _, _ = generate(model, params, seq_len,
+                        dataclasses.replace(greedy, strategy="sample", top_k=1), seed=3)
   np.testing.assert_array_equal(beam1, out)
   np.testing.assert_array_equal(top1, out)
 
@@ -86,12 +87,12 @@ def mgm3():
 
 def test_top_p_tokens_lie_inside_the_nucleus(mgm3):
   model, params, seq_len = mgm3
-  spec = decode.DecodeSpec(strategy="sample", max_new=32, temperature=0.7, top_p=0.3,
-                           stop_at_eos=False)
-  out, lengths, trace = run(model, params, seq_len, spec, record=True, seed=5)
+  settings = decode.DecodeSettings(strategy="sample", max_new=32, temperature=0.7, top_p=0.3,
+                                   stop_at_eos=False)
+  out, lengths, trace = generate(model, params, seq_len, settings, record=True, seed=5)
   for b, n in enumerate(lengths):
-    for i in range(spec.max_new):
-      logits = np.array(decode.constrain(jnp.asarray(trace[b, i][None]), i, spec))[0] / 0.7
+    for i in range(settings.max_new):
+      logits = np.array(decode.constrain(jnp.asarray(trace[b, i][None]), i, settings))[0] / 0.7
       probs = np.exp(logits - logits.max())
       probs /= probs.sum()
       order = np.argsort(-probs)
@@ -102,8 +103,9 @@ def test_top_p_tokens_lie_inside_the_nucleus(mgm3):
 
 def test_banned_tokens_never_appear_and_forced_prefix_leads(mgm3):
   model, params, seq_len = mgm3
-  spec = decode.from_config(sample_cfg(banned="aeiou .", forced_prefix="zz", max_new_tokens=40))
-  out, lengths, _ = run(model, params, seq_len, spec, seed=2)
+  settings = decode.from_config(sample_cfg(banned="aeiou .", forced_prefix="zz",
+                                           max_new_tokens=40))
+  out, lengths, _ = generate(model, params, seq_len, settings, seed=2)
   for b, n in enumerate(lengths):
     new = out[b, n:n + 40]
     assert not set(new.tolist()) & set(b"aeiou .")
@@ -113,9 +115,9 @@ def test_banned_tokens_never_appear_and_forced_prefix_leads(mgm3):
 def test_stop_sequences_stop_and_min_length_holds(mgm3):
   model, params, seq_len = mgm3
   # a high temperature over a random model emits ' ' and 'e' often
-  spec = decode.from_config(sample_cfg(stop=(" ", "e"), min_new_tokens=5, max_new_tokens=40,
-                                       temperature=3.0))
-  out, lengths, _ = run(model, params, seq_len, spec, seed=4)
+  settings = decode.from_config(sample_cfg(stop=(" ", "e"), min_new_tokens=5,
+                                           max_new_tokens=40, temperature=3.0))
+  out, lengths, _ = generate(model, params, seq_len, settings, seed=4)
   stopped_early = 0
   for b, n in enumerate(lengths):
     new = out[b, n:n + 40]
@@ -163,11 +165,11 @@ def test_contradictory_or_impossible_requests_name_the_field(overrides, field):
 
 def test_a_prompt_longer_than_the_model_is_refused(mgm3):
   model, _, seq_len = mgm3
-  spec = decode.DecodeSpec(max_new=8)
+  settings = decode.DecodeSettings(max_new=8)
   with pytest.raises(ConfigError, match=r"sample\.prompt"):
-    decode.pack_prompts(["x" * seq_len], spec, model, seq_len)
+    decode.pack_prompts(["x" * seq_len], settings, model, seq_len)
   with pytest.raises(ConfigError, match=r"sample\.max_new_tokens"):
-    decode.pack_prompts(["x" * (seq_len - 4)], spec, model, seq_len)
+    decode.pack_prompts(["x" * (seq_len - 4)], settings, model, seq_len)
 
 
 def test_every_preset_and_one_deterministic_sample_per_prompt_are_accepted():
@@ -175,9 +177,10 @@ def test_every_preset_and_one_deterministic_sample_per_prompt_are_accepted():
     for size in lm_configs.SIZES:
       decode.from_config(lm_configs.get_config(f"model={model},size={size}").sample)
   for strategy in ("greedy", "beam"):
-    spec = decode.from_config(sample_cfg(strategy=strategy, num_samples=1,
-                                         repetition_penalty=1.2, no_repeat_ngram_size=3))
-    assert (spec.strategy, spec.repetition_penalty, spec.no_repeat_ngram) == (strategy, 1.2, 3)
+    settings = decode.from_config(sample_cfg(strategy=strategy, num_samples=1,
+                                             repetition_penalty=1.2, no_repeat_ngram_size=3))
+    assert (settings.strategy, settings.repetition_penalty, settings.no_repeat_ngram) == (
+        strategy, 1.2, 3)
 
 
 # -- each sampling field against its definition --------------------------------
@@ -194,15 +197,15 @@ def test_a_stop_string_of_several_bytes_ends_the_row_after_its_first_whole_occur
   """The same seed draws the same tokens, so the stopped output is the unstopped one
   cut right after the first complete stop string (which may begin in the prompt)."""
   model, params, seq_len = mgm3
-  free = decode.DecodeSpec(strategy="sample", max_new=40, temperature=1.0, stop_at_eos=False)
-  full, lengths, _ = run(model, params, seq_len, free, seed=4)
+  free = decode.DecodeSettings(strategy="sample", max_new=40, temperature=1.0, stop_at_eos=False)
+  full, lengths, _ = generate(model, params, seq_len, free, seed=4)
   new = lambda b: full[b, lengths[b]:lengths[b] + 40].tolist()
   stops = (tuple(new(2)[12:15]), tuple(new(3)[25:27]), tuple(b"Go!\n\nN"))
-  spec = dataclasses.replace(free, stop=stops, min_new=3)
-  out, _, _ = run(model, params, seq_len, spec, seed=4)
+  settings = dataclasses.replace(free, stop=stops, min_new=3)
+  out, _, _ = generate(model, params, seq_len, settings, seed=4)
   cut = 0
   for b, n in enumerate(lengths):
-    i = first_stop(full[b, :n + 40].tolist(), int(n), stops, spec.min_new)
+    i = first_stop(full[b, :n + 40].tolist(), int(n), stops, settings.min_new)
     want = new(b) if i is None else new(b)[:i + 1] + [PAD] * (39 - i)
     assert out[b, n:n + 40].tolist() == want, f"row {b}, stops {stops}"
     cut += i is not None
@@ -211,11 +214,11 @@ def test_a_stop_string_of_several_bytes_ends_the_row_after_its_first_whole_occur
 
 def test_sampled_tokens_lie_in_the_top_k_and_not_only_the_top_1(mgm3):
   model, params, seq_len = mgm3
-  spec = decode.DecodeSpec(strategy="sample", max_new=24, top_k=3, stop_at_eos=False)
-  out, lengths, trace = run(model, params, seq_len, spec, record=True, seed=6)
+  settings = decode.DecodeSettings(strategy="sample", max_new=24, top_k=3, stop_at_eos=False)
+  out, lengths, trace = generate(model, params, seq_len, settings, record=True, seed=6)
   ranks = []
   for b, n in enumerate(lengths):
-    logits = np.asarray(decode.constrain(jnp.asarray(trace[b]), 0, spec))
+    logits = np.asarray(decode.constrain(jnp.asarray(trace[b]), 0, settings))
     order = np.argsort(-logits, axis=-1)
     ranks += [int(np.flatnonzero(order[i] == out[b, n + i])[0]) for i in range(24)]
   assert max(ranks) < 3, f"a token of rank {max(ranks)} was drawn with top_k=3"
@@ -233,11 +236,11 @@ def test_pick_draws_from_the_tempered_truncated_distribution(temperature, top_k,
   probs /= probs.sum()
   probs[(np.cumsum(probs) - probs) >= top_p] = 0.0
   probs /= probs.sum()
-  spec = decode.DecodeSpec(strategy="sample", temperature=temperature, top_k=top_k,
-                           top_p=top_p)
+  settings = decode.DecodeSettings(strategy="sample", temperature=temperature, top_k=top_k,
+                                   top_p=top_p)
   n = 40_000
   draws = decode.pick(jnp.tile(jnp.asarray(logits, jnp.float32), (n, 1)),
-                      jax.random.key(11), spec)
+                      jax.random.key(11), settings)
   freq = np.bincount(np.asarray(draws), minlength=len(logits)) / n
   assert np.all(freq[probs == 0] == 0)
   assert np.all(np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / n)), (freq, probs)
@@ -278,17 +281,18 @@ def test_eos_ends_a_row_only_with_stop_at_eos_and_after_min_new_tokens(mgm3):
   kernel = params["unembed"]["kernel"]        # EOS as likely as 'a': p ~ 1/3 a step
   params = dict(params, unembed={"kernel": kernel.replace_boxed(
       kernel.unbox().at[:, EOS].set(kernel.unbox()[:, ord("a")]))})
-  spec = decode.DecodeSpec(strategy="sample", max_new=16, banned=AB_ONLY, stop_at_eos=True)
-  out, lengths, _ = run(model, params, seq_len, spec, seed=8)
+  settings = decode.DecodeSettings(strategy="sample", max_new=16, banned=AB_ONLY, stop_at_eos=True)
+  out, lengths, _ = generate(model, params, seq_len, settings, seed=8)
   rows = new_rows(out, lengths, 16)
   for row in rows:
     end = row.index(EOS) + 1 if EOS in row else 16
     assert set(row[:end - 1]) <= set(b"ab") and row[end:] == [PAD] * (16 - end), row
   assert sum(EOS in row[:6] for row in rows) >= 2, "EOS was rare; the test would prove little"
-  late, _, _ = run(model, params, seq_len, dataclasses.replace(spec, min_new=6), seed=8)
+  late, _, _ = generate(model, params, seq_len, dataclasses.replace(settings, min_new=6), seed=8)
   for row in new_rows(late, lengths, 16):
     assert EOS not in row[:6] and PAD not in row[:6], row
-  never, _, _ = run(model, params, seq_len, dataclasses.replace(spec, stop_at_eos=False), seed=8)
+  never, _, _ = generate(model, params, seq_len, dataclasses.replace(settings, stop_at_eos=False),
+                         seed=8)
   for row in new_rows(never, lengths, 16):
     assert set(row) <= set(b"ab"), row
 
@@ -296,17 +300,17 @@ def test_eos_ends_a_row_only_with_stop_at_eos_and_after_min_new_tokens(mgm3):
 @pytest.mark.parametrize("rule", [dict(repetition_penalty=1.8), dict(no_repeat_ngram=2)])
 def test_greedy_with_penalties_is_the_argmax_of_the_penalised_teacher_forced_logits(mgm3, rule):
   model, params, seq_len = mgm3
-  spec = decode.DecodeSpec(strategy="greedy", max_new=24, stop_at_eos=False, **rule)
-  out, lengths, _ = run(model, params, seq_len, spec)
+  settings = decode.DecodeSettings(strategy="greedy", max_new=24, stop_at_eos=False, **rule)
+  out, lengths, _ = generate(model, params, seq_len, settings)
   reference = teacher_forced(model, params, out)
   changed = 0
   for b, n in enumerate(lengths):
     for i in range(24):
       text = out[b, :n + i].tolist()
-      want = np.argmax(ref.log_probs(reference[b, n + i], text, i, spec))
+      want = np.argmax(ref.log_probs(reference[b, n + i], text, i, settings))
       assert out[b, n + i] == want, f"row {b}, new token {i}"
       changed += want != allowed_argmax(reference[b, n + i])
-    n_gram = spec.no_repeat_ngram
+    n_gram = settings.no_repeat_ngram
     grams = [tuple(out[b, j:j + n_gram]) for j in range(n + 24 - n_gram + 1)] if n_gram else []
     for j in range(max(n - n_gram + 1, 0), len(grams)):
       assert grams[j] not in grams[:j], f"row {b} repeats the {n_gram}-gram {grams[j]}"
@@ -319,17 +323,16 @@ def test_samples_follow_the_prompt_file_and_sample_seed(mgm3, tmp_path):
   path = tmp_path / "prompts.txt"
   path.write_text("= Alpha\n\n= Beta =\n")
   config.sample.update(prompt_file=str(path), max_new_tokens=12, temperature=1.0)
-  run_ = loop.Run(config, str(tmp_path), model, *[None] * 6, 0.0)
-  texts = run_.samples(params, step=3)
+  texts = samples.draw(config, model, params, step=3)
   assert [t[:len(p)] for t, p in zip(texts, ["= Alpha"] * 2 + ["= Beta ="] * 2)] == \
       ["= Alpha"] * 2 + ["= Beta ="] * 2
   assert texts[0] != texts[1], "two samples of one prompt are identical"
-  assert run_.samples(params, step=3) == texts
+  assert samples.draw(config, model, params, step=3) == texts
   config.sample.seed = 1
-  assert run_.samples(params, step=3) != texts
+  assert samples.draw(config, model, params, step=3) != texts
   path.write_text("\n\n")
   with pytest.raises(ConfigError, match=r"sample\.prompt_file"):
-    run_.samples(params, step=3)
+    samples.draw(config, model, params, step=3)
   config.sample.prompt_file = str(tmp_path / "missing.txt")
   with pytest.raises(ConfigError, match=r"sample\.prompt_file"):
-    run_.samples(params, step=3)
+    samples.draw(config, model, params, step=3)

@@ -1,5 +1,5 @@
 """The README's checkpoint and mode promises, kept through the real train loop
-(mgm.loop.run in this process, `tiny` configs of a few steps):
+(mgm.loop.run_mode in this process, `tiny` configs of a few steps):
 
 - the final step is saved even when it is not a multiple of checkpoint.every_steps;
 - checkpoint.keep_best keeps the step of lowest eval_bpb beside the newest `keep`;
@@ -52,7 +52,7 @@ def best_config():
 @pytest.fixture(scope="module")
 def best_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("best")
-  loop.run(best_config(), str(workdir), "train")
+  loop.run_mode(best_config(), str(workdir), "train")
   return workdir
 
 
@@ -72,7 +72,7 @@ def test_keep_best_keeps_the_step_of_lowest_eval_bpb_beside_the_newest(best_run)
 def test_eval_mode_restores_the_newest_checkpoint(best_run):
   """The newest step's eval_bpb, as the run measured it with its own parameters
   (summary.json), is what --mode=eval measures after restoring them."""
-  result = loop.run(best_config(), str(best_run), "eval")
+  result = loop.run_mode(best_config(), str(best_run), "eval")
   summary = json.loads((best_run / "summary.json").read_text())
   assert result["step"] == STEPS
   assert result["eval_bpb"] == summary["eval_bpb"]
@@ -83,7 +83,7 @@ def test_eval_mode_restores_the_newest_checkpoint(best_run):
 def test_sample_mode_restores_the_newest_checkpoint(best_run):
   """Samples are keyed by sample.seed and the step: --mode=sample on the restored
   parameters writes what training wrote from its parameters in memory."""
-  texts = loop.run(best_config(), str(best_run), "sample")
+  texts = loop.run_mode(best_config(), str(best_run), "sample")
   samples = best_run / "samples"
   assert len(texts) == best_config().sample.num_samples
   assert ((samples / f"sample_step_{STEPS}_seed_0.txt").read_text()
@@ -98,7 +98,7 @@ def test_every_minutes_saves_on_the_clock_counted_from_the_newest_checkpoint(
   after_each_step(monkeypatch, lambda step: clock.advance(1.0))
   config = tiny(eval_every=100)
   config.checkpoint.update(every_steps=100, every_minutes=2.5, keep=10)
-  loop.run(config, str(tmp_path), "train")
+  loop.run_mode(config, str(tmp_path), "train")
   assert saved_steps(tmp_path) == [3, 6, STEPS]
 
 
@@ -111,7 +111,7 @@ def test_init_from_takes_the_other_runs_parameters_until_the_workdir_has_its_own
   source = {r["step"]: r for r in rows(best_run)}
   config = tiny(steps=2, eval_every=1, warmup_steps=2)
   config.checkpoint.update(init_from=str(best_run), every_steps=1)
-  loop.run(config, str(tmp_path), "train")
+  loop.run_mode(config, str(tmp_path), "train")
   first = rows(tmp_path)
   assert first[0]["lr"] == 0.0, "precondition: the first update changes nothing"
   assert first[0]["eval_bpb"] == source[STEPS]["eval_bpb"]
@@ -119,7 +119,7 @@ def test_init_from_takes_the_other_runs_parameters_until_the_workdir_has_its_own
 
   config.train.steps = 3
   with caplog.at_level(logging.INFO):
-    loop.run(config, str(tmp_path), "train")
+    loop.run_mode(config, str(tmp_path), "train")
   assert "resumed from step 2" in caplog.text
   assert rows(tmp_path)[:2] == first and [r["step"] for r in rows(tmp_path)] == [1, 2, 3]
   assert not list(tmp_path.glob("metrics-*.jsonl")), "no row was dropped and logged again"
@@ -135,5 +135,5 @@ def test_more_units_than_max_units_stops_training_naming_the_field(tmp_path, mon
   config.train.update(steps=3, log_every=1, warmup_steps=1)
   config.model.levels[0].max_units = 2
   with pytest.raises(ConfigError, match=r"model\.levels\[0\]\.max_units.*before step 1"):
-    loop.run(config, str(tmp_path), "train")
+    loop.run_mode(config, str(tmp_path), "train")
   assert saved_steps(tmp_path) == []

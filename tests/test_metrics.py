@@ -2,7 +2,8 @@
 import pytest
 
 from mgm import flops
-from mgm.metrics import bits_per_byte, last_logged, perplexity, summary_line, text_scores
+from mgm.files import last_logged
+from mgm.metrics import bits_per_byte, perplexity, summary_line, text_scores
 
 
 def test_identical_text_scores_100_and_unrelated_text_0():

@@ -17,7 +17,7 @@ import pytest
 
 from mgm import checkpoint, sharding
 from mgm.data import pipeline
-from mgm.loop import Run
+from mgm.setup import Setup
 from tests.multihost_worker import STEPS, config_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,16 +66,16 @@ def halves(config, step_count):
 
 @pytest.fixture(scope="module")
 def one_process():
-  """(losses, params) of one process with 8 devices fed the same global batches."""
+  """(losses, params, setup) of one process with 8 devices fed the same global batches."""
   config = config_for(0, 0)
   parts = halves(config, STEPS)
-  run = Run.create(config, "", mesh=sharding.make_mesh(config.mesh))
-  state, losses = run.state, []
+  setup = Setup.create(config, mesh=sharding.make_mesh(config.mesh))
+  state, losses = setup.state, []
   for a, b in zip(*parts):
     batch = {k: np.concatenate([a[k], b[k]]) for k in a}
-    state, metrics = run.train_step(state, run.layout.global_batch(batch))
+    state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
     losses.append(float(metrics["loss"]))
-  return losses, state.params, run
+  return losses, state.params, setup
 
 
 def test_two_processes_train_like_one_with_8_devices(two_processes, one_process):
@@ -103,7 +103,7 @@ def test_each_process_reads_only_its_half_of_every_batch(two_processes):
 
 def test_checkpoint_written_by_both_restores_in_both_and_here(two_processes, one_process):
   workdir, reports = two_processes
-  _, params, run = one_process
+  _, params, setup = one_process
   sums = jax.jit(lambda p: jax.tree.map(jnp.sum, p))(params)
   expected = {jax.tree_util.keystr(k): float(v)
               for k, v in jax.tree_util.tree_leaves_with_path(sums)}
@@ -114,7 +114,7 @@ def test_checkpoint_written_by_both_restores_in_both_and_here(two_processes, one
                                list(expected.values()), rtol=1e-5, atol=1e-5)
   # one process, 8 local devices: the same checkpoint, laid out for this mesh
   mngr = checkpoint.read_only_manager(str(workdir / "checkpoints"))
-  state, step = checkpoint.restore_newest(mngr, checkpoint.abstract(run.state))
+  state, step = checkpoint.restore_newest(mngr, checkpoint.abstract(setup.state))
   assert step == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                state.params, params)

@@ -127,18 +127,18 @@ def test_generation_from_a_prompt_is_the_last_document_of_a_packed_row(name):
   is packed after other documents, gives the same greedy tokens and logits,
   equal to the teacher-forced pass over the packed row."""
   model, params = model_of(name), params_of(name)
-  spec = decode.DecodeSpec(strategy="greedy", max_new=24, stop_at_eos=False)
+  settings = decode.DecodeSettings(strategy="greedy", max_new=24, stop_at_eos=False)
   prompt, before = encode("Go on. The c"), np.append(encode(BEFORE[0]), EOS)
   other = np.append(encode(BEFORE[0][::-1]), EOS)
   rows = [prompt, np.concatenate([before, prompt]), np.concatenate([other, prompt])]
   lengths = np.array([len(r) for r in rows])
   tokens = np.stack([np.pad(r, (0, SEQ - len(r)), constant_values=PAD) for r in rows])
   out, trace = decode.generate(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
-                               jax.random.key(1), spec, record_logits=True)
+                               jax.random.key(1), settings, record_logits=True)
   out, trace = np.asarray(out), np.asarray(trace)
   reference = logits(name, out)
   for b, n in enumerate(lengths):
-    np.testing.assert_allclose(trace[b], reference[b, n:n + spec.max_new], atol=2e-5,
+    np.testing.assert_allclose(trace[b], reference[b, n:n + settings.max_new], atol=2e-5,
                                rtol=1e-4, err_msg=f"row {b}: cached != teacher-forced")
     np.testing.assert_allclose(trace[b], trace[0], atol=2e-5, rtol=1e-4,
                                err_msg=f"row {b}: the prompt saw the document before it")

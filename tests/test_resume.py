@@ -24,6 +24,7 @@ import pytest
 
 from configs.lm import get_config
 from mgm import checkpoint, loop, train
+from mgm import setup as setup_lib
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError
 
@@ -150,10 +151,10 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result_bit_for_bit(
   with monkeypatch.context() as patch:
     crash_after(patch, 5)
     with pytest.raises(Crash):
-      loop.run(tiny_config(), str(workdir), "train")
+      loop.run_mode(tiny_config(), str(workdir), "train")
   assert [r["step"] for r in rows(workdir)] == [1, 2, 3, 4, 5]
   assert checkpoint.read_only_manager(str(workdir / "checkpoints")).all_steps() == [2, 4]
-  loop.run(tiny_config(), str(workdir), "train")
+  loop.run_mode(tiny_config(), str(workdir), "train")
   assert_same_run(workdir, reference)
   kept = list(workdir.glob("metrics-*.jsonl"))   # the file as it was before resuming
   assert len(kept) == 1
@@ -194,13 +195,13 @@ def damage_data_position(step_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return loop.Run.create(tiny_config(), str(tmp_path_factory.mktemp("w")))
+def tiny_setup():
+  return setup_lib.Setup.create(tiny_config())
 
 
 @pytest.fixture(scope="module")
-def abstract_state(tiny_run):
-  return checkpoint.abstract(tiny_run.state)
+def abstract_state(tiny_setup):
+  return checkpoint.abstract(tiny_setup.state)
 
 
 # A failed Orbax restore leaves TensorStore reads that are never awaited; pytest
@@ -228,15 +229,16 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(
 
 
 def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(
-    reference, tiny_run, tmp_path):
+    reference, tiny_setup, tmp_path):
   config = tiny_config()
   config.checkpoint.init_from = str(reference)
-  run = dataclasses.replace(tiny_run, config=config, workdir=str(tmp_path))
-  state, step = loop._initial_state(run, checkpoint.manager(str(tmp_path), config.checkpoint), None)
+  setup = dataclasses.replace(tiny_setup, config=config)
+  state, step = loop._initial_state(setup, checkpoint.manager(str(tmp_path), config.checkpoint),
+                                    None)
   assert step == 0 and int(state.step) == 0
   params = checkpoint.checksums({"params": state.params})
   assert params == {k: v for k, v in final_checksums(reference).items() if k in params}
-  assert checkpoint.checksums(state.opt_state) == checkpoint.checksums(tiny_run.state.opt_state)
+  assert checkpoint.checksums(state.opt_state) == checkpoint.checksums(tiny_setup.state.opt_state)
 
 
 def test_init_from_a_model_of_other_shapes_lists_the_parameters_that_differ(
@@ -277,7 +279,7 @@ def test_non_finite_steps_are_skipped_and_counted_and_too_many_in_a_row_stop_the
     tmp_path, monkeypatch):
   """NaN losses at steps 3-4 (two in a row: skipped, the run goes on) and 9-11
   (three in a row, more than max_nonfinite_in_a_row=2: the run stops)."""
-  monkeypatch.setattr(loop, "make_train_step", poisoned_train_step([2, 3, 8, 9, 10]))
+  monkeypatch.setattr(setup_lib, "make_train_step", poisoned_train_step([2, 3, 8, 9, 10]))
   with pytest.raises(TrainingError, match="3 steps in a row up to step 11.*max_nonfinite_in_a_row=2"):
     loop.train(tiny_config(max_nonfinite_in_a_row=2), str(tmp_path))
   table = {r["step"]: r for r in rows(tmp_path)}
@@ -286,7 +288,7 @@ def test_non_finite_steps_are_skipped_and_counted_and_too_many_in_a_row_stop_the
   assert all(np.isfinite(table[s]["train_loss"]) for s in (5, 6, 7, 8))
   assert table[8]["train_loss"] < table[2]["train_loss"], "training went on between"
   mngr = checkpoint.read_only_manager(str(tmp_path / "checkpoints"))
-  target = checkpoint.abstract(loop.Run.create(tiny_config(), str(tmp_path)).state)
+  target = checkpoint.abstract(setup_lib.Setup.create(tiny_config()).state)
   assert mngr.all_steps() == [6, 8, 10]
   for step in mngr.all_steps():
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs.lm import get_config
-from mgm import loop, prompts
+from mgm import loop, prompts, samples
 from mgm.data import sources
 from mgm.data.tokenizer import PAD, encode
 from mgm.errors import DataError, WorkdirError
@@ -17,30 +17,30 @@ from mgm.workdir import check_and_save_config
 def test_a_run_failing_before_its_first_step_leaves_no_config(tmp_path, monkeypatch):
   """Say the first step runs out of memory: the corrected command must not then be
   refused as 'a different run' by the config.json of a run that never trained."""
-  create = loop.Run.create
+  create = loop.Setup.create
 
   def create_failing(*args, **kwargs):
-    run = create(*args, **kwargs)
+    setup = create(*args, **kwargs)
     def out_of_memory(state, batch):
       raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling the step")
-    run.train_step = out_of_memory
-    return run
+    setup.train_step = out_of_memory
+    return setup
 
-  monkeypatch.setattr(loop.Run, "create", create_failing)
+  monkeypatch.setattr(loop.Setup, "create", create_failing)
   config = get_config("tiny")
   with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
-    loop.run(config, str(tmp_path / "w"), "train")
+    loop.run_mode(config, str(tmp_path / "w"), "train")
   assert not (tmp_path / "w" / "config.json").exists()
   assert not list((tmp_path / "w").glob("checkpoints/*"))
 
 
 def test_a_mistyped_glob_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
-  monkeypatch.setattr(loop.Run, "create", None)   # calling it would raise a TypeError
+  monkeypatch.setattr(loop.Setup, "create", None)   # calling it would raise a TypeError
   config = get_config("tiny")
   config.sample.prompt = "= "   # not the default prompt, which reads the data too
   config.data.update(source="text", files=str(tmp_path / "corpus" / "*.txtt"))
   with pytest.raises(DataError, match="`data.files`"):
-    loop.run(config, str(tmp_path / "w"), "train")
+    loop.run_mode(config, str(tmp_path / "w"), "train")
   assert not (tmp_path / "w").exists()
 
 
@@ -68,7 +68,7 @@ def test_generation_outgrowing_max_units_is_warned(caplog):
   for i, text in enumerate((fits, overflows)):
     rows[i, :len(text)] = encode(text)
   with caplog.at_level(logging.WARNING):
-    loop._warn_unit_overflow(spec, rows, config.data.seq_len)
+    samples._warn_unit_overflow(spec, rows, config.data.seq_len)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and warnings[0].startswith("sample 1: prompt + generated text "
                                                        "hold 12 units at model.levels[0]")

@@ -48,26 +48,26 @@ def launch(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  """(spec, workdir) of the tiny experiment: `launch.py --experiment --dry_run | sh`
+  """(experiment_path, workdir) of the tiny experiment: `launch.py --experiment --dry_run | sh`
   trains the arms, then `launch.py --experiment` finds them done and writes the table."""
   tmp = tmp_path_factory.mktemp("experiment")
   path = tmp / "two.py"
   path.write_text(EXPERIMENT)
-  spec, workdir = f"{path}:tiny", tmp / "run"
-  dry = launch(f"--experiment={spec}", f"--workdir={workdir}", "--dry_run")
+  experiment_path, workdir = f"{path}:tiny", tmp / "run"
+  dry = launch(f"--experiment={experiment_path}", f"--workdir={workdir}", "--dry_run")
   assert dry.returncode == 0, dry.stderr[-3000:]
   shell = subprocess.run(["sh", "-e"], input=dry.stdout, cwd=ROOT, capture_output=True, text=True)
   assert shell.returncode == 0, shell.stderr[-3000:]
-  proc = launch(f"--experiment={spec}", f"--workdir={workdir}")
+  proc = launch(f"--experiment={experiment_path}", f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "arm 1/2 'flat': done" in proc.stderr and "arm 2/2 'MegaByte (P=8)': done" in proc.stderr
   assert proc.stdout.strip() == f"done: table {workdir / 'results.md'} (results.csv, " \
                                 "loss_vs_flops.png and the bar chart beside it)"
-  return spec, workdir
+  return experiment_path, workdir
 
 
 def test_table_and_plots_written(finished):
-  spec, workdir = finished
+  experiment_path, workdir = finished
   for name in ("results.md", "results.csv", "loss_vs_flops.png", "eval_bpb.png"):
     assert (workdir / name).stat().st_size > 0, name
   rows = list(csv.DictReader(open(workdir / "results.csv")))
@@ -90,21 +90,22 @@ def test_table_and_plots_written(finished):
   assert [float(r["train_flops"]) for r in rows] == [6 * 378_077_184, 9 * 266_797_056]
   table = (workdir / "results.md").read_text()
   assert "flat better than MegaByte (P=8) (paper 1 < 1.2)" in table
-  assert f"--experiment={spec}" in table
+  assert f"--experiment={experiment_path}" in table
 
 
 def test_second_invocation_skips_finished_and_resumes_unfinished(finished, monkeypatch):
-  spec, workdir = finished
+  experiment_path, workdir = finished
   trained = []
-  real_run = loop.run
-  monkeypatch.setattr(loop, "run", lambda c, w, m: trained.append(w) or real_run(c, w, m))
-  runner.run(spec, str(workdir))
+  real_run_mode = loop.run_mode
+  monkeypatch.setattr(loop, "run_mode",
+                      lambda c, w, m: trained.append(w) or real_run_mode(c, w, m))
+  runner.run_experiment(experiment_path, str(workdir))
   assert trained == []                                   # both arms were finished
 
   unfinished = workdir / "arms" / "megabyte-p-8"
   (unfinished / "summary.json").unlink()                 # as if killed before its summary
   rows_before = (unfinished / "metrics.jsonl").read_text()
-  runner.run(spec, str(workdir))
+  runner.run_experiment(experiment_path, str(workdir))
   assert trained == [str(unfinished)]
   assert (unfinished / "summary.json").exists()
   assert (unfinished / "metrics.jsonl").read_text() == rows_before   # resumed, not retrained
@@ -118,7 +119,7 @@ def test_a_preempted_arm_stops_the_experiment_with_its_step_saved(tmp_path, monk
   path.write_text(EXPERIMENT)
   workdir = tmp_path / "run"
   sigterm_after(monkeypatch, 1)
-  result = runner.run(f"{path}:tiny", str(workdir))
+  result = runner.run_experiment(f"{path}:tiny", str(workdir))
   assert result == {"stopped_by": "SIGTERM", "arm": "flat"}
   assert os.listdir(workdir / "arms") == ["flat"]
   assert os.listdir(workdir / "arms" / "flat" / "checkpoints") == ["1"]   # every_steps is 3
@@ -130,7 +131,7 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
   path = tmp_path / "two.py"
   path.write_text(EXPERIMENT)
   experiment = runner.load(f"{path}:tiny")
-  runner.run(f"{path}:tiny", str(tmp_path / "run"), dry_run=True)
+  runner.run_experiment(f"{path}:tiny", str(tmp_path / "run"), dry_run=True)
   commands = capsys.readouterr().out.splitlines()   # nothing but the commands
   assert len(commands) == len(experiment.arms)
   assert all(shlex.split(c)[:2] == [sys.executable, "launch.py"] for c in commands)
@@ -200,14 +201,14 @@ def test_every_summary_key_is_documented_in_the_readme(finished):
 
 def test_a_resumed_arm_reports_the_run_and_this_invocation_apart(finished, tmp_path):
   """After a resume, wall_s and tokens cover the whole run; invocation_* this one."""
-  spec, workdir = finished
+  experiment_path, workdir = finished
   arm = tmp_path / "flat"
   shutil.copytree(workdir / "arms" / "flat", arm)     # a copy: other tests read the arm
   before = json.loads((arm / "summary.json").read_text())
   last_row = json.loads((arm / "metrics.jsonl").read_text().splitlines()[-1])
-  experiment = runner.load(spec)
+  experiment = runner.load(experiment_path)
   config = runner.arm_config(experiment.arms[0], runner.planned_overrides(experiment)["flat"])
-  after = loop.run(config, str(arm), "train")        # resumes at its last step: trains none
+  after = loop.run_mode(config, str(arm), "train")        # resumes at its last step: trains none
   assert after == json.loads((arm / "summary.json").read_text())
   assert after["tokens"] == before["tokens"] == 6 * 8 * 64 and after["invocation_tokens"] == 0
   assert after["wall_s"] == pytest.approx(last_row["wall_s"] + after["invocation_wall_s"],

@@ -24,9 +24,9 @@ from configs import lm as lm_configs
 from mgm import sharding
 from mgm.data import pipeline
 from mgm.errors import ConfigError
-from mgm.loop import Run
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
+from mgm.setup import Setup
 from mgm.train import init_params, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def tiny_config(mesh=(-1, 1, 1)):
   return config
 
 
-def spec_table(shardings) -> dict:
+def pspec_table(shardings) -> dict:
   """{'path/to/param': [mesh axes per dimension]} of a tree of NamedShardings."""
   as_json = lambda axes: list(axes) if isinstance(axes, tuple) else axes
   return {"/".join(k.key for k in path): [as_json(a) for a in s.spec]
@@ -53,10 +53,10 @@ def logical_table(config) -> dict:
   model = LM(spec_lib.from_config(config.model))
   shape = (config.train.batch_size, config.data.seq_len)
   boxed = jax.eval_shape(lambda r: init_params(model, r, shape), jax.random.key(0))
-  specs = nn.get_partition_spec(boxed)
+  pspecs = nn.get_partition_spec(boxed)
   return {"/".join(k.key for k in path): list(s)
           for path, s in jax.tree_util.tree_leaves_with_path(
-              specs, is_leaf=lambda x: isinstance(x, P))}
+              pspecs, is_leaf=lambda x: isinstance(x, P))}
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +66,13 @@ def batches():
 
 
 def train(config, devices, batches):
-  """(losses, final state, run) after len(batches) steps on a mesh of `devices`."""
-  run = Run.create(config, "", mesh=sharding.make_mesh(config.mesh, devices))
-  state, losses = run.state, []
+  """(losses, final state, setup) after len(batches) steps on a mesh of `devices`."""
+  setup = Setup.create(config, mesh=sharding.make_mesh(config.mesh, devices))
+  state, losses = setup.state, []
   for batch in batches:
-    state, metrics = run.train_step(state, run.layout.global_batch(batch))
+    state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
     losses.append(float(metrics["loss"]))
-  return losses, state, run
+  return losses, state, setup
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def one_device(batches):
 
 @pytest.mark.parametrize("name", list(MESHES))
 def test_every_mesh_trains_like_one_device(name, one_device, batches, capfd):
-  losses, state, run = train(tiny_config(MESHES[name]), jax.devices(), batches)
+  losses, state, setup = train(tiny_config(MESHES[name]), jax.devices(), batches)
   # the partitioner found a collective for every resharding (with the embedding
   # table split over fsdp it replicated whole activations: mgm/sharding.py)
   assert "Involuntary full rematerialization" not in capfd.readouterr().err
@@ -92,14 +92,15 @@ def test_every_mesh_trains_like_one_device(name, one_device, batches, capfd):
                state.params, ref_state.params)
   # the arrays really are laid out as the golden table says, and stay so after steps
   golden = json.loads(GOLDEN.read_text())["meshes"][name]
-  assert spec_table(jax.tree.map(lambda a: a.sharding, state.params)) == golden
+  assert pspec_table(jax.tree.map(lambda a: a.sharding, state.params)) == golden
   # Adam's moments are sharded like their parameters; counters are replicated
-  optax.tree_map_params(run.tx, lambda m, p: _same_sharding(m, p), state.opt_state,
+  optax.tree_map_params(setup.tx, lambda m, p: _same_sharding(m, p), state.opt_state,
                         state.params, transform_non_params=_replicated)
-  assert run.layout.global_batch(batches[0])["tokens"].sharding.spec == P(("data", "fsdp"), None)
-  # the activation constraints (under the layout's mesh and rules) reach the program
-  text = run.train_step.lower(run.layout.abstract_state,
-                              run.layout.abstract_batch(batches[0]["tokens"].shape[1])).as_text()
+  placement = setup.placement
+  assert placement.global_batch(batches[0])["tokens"].sharding.spec == P(("data", "fsdp"), None)
+  # the activation constraints (under the placement's mesh and rules) reach the program
+  text = setup.train_step.lower(placement.abstract_state,
+                                placement.abstract_batch(batches[0]["tokens"].shape[1])).as_text()
   assert text.count("sharding_constraint") >= 3 * 2   # per block: attention, MLP, residual
 
 
@@ -116,9 +117,9 @@ def test_partition_specs_match_golden():
   for name, shape in MESHES.items():
     config = tiny_config(shape)
     tx, _ = make_optimizer(config.train)
-    layout = sharding.make_layout(config, LM(spec_lib.from_config(config.model)), tx,
-                                  sharding.make_mesh(config.mesh))
-    tables["meshes"][name] = spec_table(layout.state.params)
+    placement = sharding.make_placement(config, LM(spec_lib.from_config(config.model)), tx,
+                                        sharding.make_mesh(config.mesh))
+    tables["meshes"][name] = pspec_table(placement.state.params)
   if os.environ.get("REGEN_GOLDEN"):
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(_one_line_lists(json.dumps(tables, indent=1, sort_keys=True)) + "\n")
@@ -153,7 +154,7 @@ def test_a_batch_the_data_parallel_size_does_not_divide_names_the_field():
   config = tiny_config((2, 4, 1))
   config.train.batch_size = 12            # data * fsdp = 8
   with pytest.raises(ConfigError, match="data-parallel size 8") as e:
-    Run.create(config, "")
+    Setup.create(config)
   assert e.value.field == "train.batch_size"
 
 
@@ -161,7 +162,7 @@ def test_micro_batches_the_data_parallel_size_does_not_divide_name_the_field():
   config = tiny_config((8, 1, 1))
   config.train.update(batch_size=16, grad_accum=4)   # micro-batches of 4 on 8 devices
   with pytest.raises(ConfigError, match="data-parallel size 8") as e:
-    Run.create(config, "")
+    Setup.create(config)
   assert e.value.field == "train.grad_accum"
 
 
@@ -181,7 +182,7 @@ def test_a_rule_naming_an_unknown_mesh_axis_names_the_field():
   config = tiny_config()
   config.mesh.rules = config.mesh.rules + (("embed", "fsdpp"),)
   with pytest.raises(ConfigError, match="'fsdpp'") as e:
-    Run.create(config, "")
+    Setup.create(config)
   assert e.value.field == "mesh.rules"
 
 
@@ -196,22 +197,22 @@ def test_launch_refuses_a_bad_mesh_with_exit_status_2(tmp_path):
 def test_uneven_dimensions_are_replicated_not_refused():
   mesh = sharding.make_mesh(tiny_config((1, 1, 8)).mesh)
   # 259 byte ids on 8 tensor devices; embed 64 splits over fsdp (size 1) fine
-  assert sharding.fit_spec(P("tensor", "fsdp"), (259, 64), mesh) == P(None, "fsdp")
-  assert sharding.fit_spec(P(("data", "tensor")), (16,), mesh) == P(("data", "tensor"))
-  assert sharding.fit_spec(P(("tensor", "data")), (4,), mesh) == P(None)
+  assert sharding.fit_partition_spec(P("tensor", "fsdp"), (259, 64), mesh) == P(None, "fsdp")
+  assert sharding.fit_partition_spec(P(("data", "tensor")), (16,), mesh) == P(("data", "tensor"))
+  assert sharding.fit_partition_spec(P(("tensor", "data")), (4,), mesh) == P(None)
 
 
-def base_layout(mesh):
+def base_placement(mesh):
   config = lm_configs.get_config("base")
   config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   tx, _ = make_optimizer(config.train)
-  return sharding.make_layout(config, LM(spec_lib.from_config(config.model)), tx,
-                              sharding.make_mesh(config.mesh))
+  return sharding.make_placement(config, LM(spec_lib.from_config(config.model)), tx,
+                                 sharding.make_mesh(config.mesh))
 
 
 def test_fsdp_divides_the_state_each_device_holds():
-  replicated = sharding.bytes_per_device(base_layout((8, 1, 1)).abstract_state)
-  sharded = sharding.bytes_per_device(base_layout((1, 8, 1)).abstract_state)
+  replicated = sharding.bytes_per_device(base_placement((8, 1, 1)).abstract_state)
+  sharded = sharding.bytes_per_device(base_placement((1, 8, 1)).abstract_state)
   assert replicated > 1.1e9                          # ~100M params x (param, Adam mu, nu)
   # all but the token embedding (259 x 768 float32, with Adam's mu and nu: replicated,
   # see MESH_RULES in configs/lm.py) is split 8 ways

@@ -83,20 +83,20 @@ def _cdf(p: np.ndarray) -> list[float]:
   return cdf
 
 
-def _parse_template(spec: str) -> tuple[tuple[str, bool], ...]:
+def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
   """'ADV , DET NOUN' -> (('ADV', True), ('DET', False), ('NOUN', False))."""
   slots = []
-  for token in spec.split():
+  for token in template.split():
     if token == ",":
       if not slots or slots[-1][1]:
-        raise ValueError(f"template {spec!r}: ',' must follow a word class")
+        raise ValueError(f"template {template!r}: ',' must follow a word class")
       slots[-1] = (slots[-1][0], True)
     elif token in WORD_CLASSES:
       slots.append((token, False))
     else:
-      raise ValueError(f"template {spec!r}: unknown word class {token!r}")
+      raise ValueError(f"template {template!r}: unknown word class {token!r}")
   if not slots or slots[-1][1]:
-    raise ValueError(f"template {spec!r}: empty or ends with ','")
+    raise ValueError(f"template {template!r}: empty or ends with ','")
   return tuple(slots)
 
 

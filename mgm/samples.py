@@ -1,0 +1,64 @@
+"""A run's samples: text generated from the prompts (mgm/prompts.py) with the
+sample.* settings, and the files under samples/ that hold them."""
+import itertools
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from mgm import decode
+from mgm.data.tokenizer import PAD, decode as detokenize
+from mgm.prompts import read_prompts
+from mgm.validate import unit_excess
+
+
+def draw(config, model, params, step: int) -> list[str]:
+  """Prompt + generated text for each prompt x sample.num_samples (the cached
+  generator); random numbers keyed by sample.seed and the step, so a resumed
+  run draws the same ones. Warns when a sample outgrew a level's max_units."""
+  cfg = config.sample
+  settings = decode.from_config(cfg, config.model.vocab_size)
+  texts = [p.text for p in read_prompts(config) for _ in range(cfg.num_samples)]
+  tokens, lengths = decode.pack_prompts(texts, settings, model, config.data.seq_len)
+  rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
+  out, _ = decode.generate(model, params, tokens, lengths, rng, settings)
+  _warn_unit_overflow(model.spec, np.asarray(out), config.data.seq_len)
+  return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
+
+
+def _warn_unit_overflow(spec, buffer, seq_len: int):
+  """Warn (naming the field) for each generated row [S] whose prompt + new tokens
+  (up to the first PAD) hold more units than a level's max_units: past that point
+  the generator's coarse context is wrong. Prompts alone are refused by validation."""
+  for i, row in enumerate(buffer):
+    real = row[:np.argmax(row == PAD)] if (row == PAD).any() else row
+    excess = unit_excess(spec, real, seq_len)
+    if excess:
+      level, count, bound = excess
+      logging.warning("sample %d: prompt + generated text hold %d units at model.levels[%d] "
+                      "(max_units=%d); the text after the overflow is unreliable: raise "
+                      "model.levels[%d].max_units or lower sample.max_new_tokens",
+                      i, count, level, bound, level)
+
+
+def write(workdir, name, texts, config, step: int) -> str:
+  """samples/NAME (NAME_2, NAME_3, ... when taken: never overwritten), headed by the
+  step, the prompts and every sample.* field, one `# key: JSON value` line each."""
+  directory = os.path.join(workdir, "samples")
+  os.makedirs(directory, exist_ok=True)
+  stem, ext = os.path.splitext(name)
+  header = {"step": step, "prompts": [p.text for p in read_prompts(config)],
+            **{f"sample.{k}": v for k, v in config.sample.to_dict().items()}}
+  for n in itertools.count(1):
+    path = os.path.join(directory, f"{stem}{'' if n == 1 else f'_{n}'}{ext}")
+    try:
+      f = open(path, "x", encoding="utf-8")   # fails if it exists: nothing is overwritten
+    except FileExistsError:
+      continue
+    with f:
+      f.writelines(f"# {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in header.items())
+      for i, text in enumerate(texts):
+        f.write(f"=== sample {i} ===\n{text}\n")
+    return path
