@@ -54,7 +54,7 @@ BAD = {
     "model.levels[0].max_len": [-1],
     "model.levels[0].max_units": [-1],
     "model.levels[0].mixer": ["transformer", "conv:0", "lstm:2"],
-    "model.levels[0].pool": ["max"],
+    "model.levels[0].pool": ["median"],
     "model.levels[0].pre_layers": [-1],
     "model.levels[0].span": ["parent", "window:0"],
     "model.levels[0].units": ["word"],

@@ -5,21 +5,27 @@ teacher-forced ones at every step, for every mixer at every level position
 
 Three 3-level models (sentence -> word -> byte, packed documents) place the
 three mixers as a Latin square, so each mixer runs at each position, and each
-runs with span full and span parent below the coarsest level."""
+runs with span full and span parent below the coarsest level (model C also
+pools its sentences with max pooling)."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from configs import lm as lm_configs
+from mgm import sharding
+from mgm.data import pipeline
 from mgm.data.tokenizer import EOS, PAD, encode
 from mgm.errors import ConfigError
 from mgm.model import incremental
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.nn.mixers import MIXERS, restarts
+from mgm.setup import Setup
 from mgm.train import init_params
 
 SEQ = 64
@@ -45,6 +51,7 @@ def model_and_params(name):
     config.model.levels[i].mixer = mixer
     config.model.levels[i].span = span
     config.model.levels[i].pre_layers = 1 if i else 0   # pre-layers run the mixer too
+  config.model.levels[0].pool = "max" if name == "C" else "attention"
   model = LM(spec_lib.from_config(config.model), "document_mask")
   params = jax.jit(lambda rng: init_params(model, rng, (2, SEQ)))(jax.random.key(0))
   return model, params
@@ -104,3 +111,36 @@ def test_bad_mixer_settings_are_refused_naming_the_field(mixer, span, field):
 def test_every_mixer_is_registered_with_its_config_string():
   assert set(MIXERS.names()) == {"attention", "lstm", "gru", "conv"}
   assert str(MIXERS.parse("conv:5")) == "conv:5" and str(MIXERS.parse("conv")) == "conv:4"
+
+
+def test_every_mixer_parameter_has_logical_axes_for_the_sharding_rules():
+  config = lm_configs.get_config("model=mgm3,size=tiny")
+  for i, mixer in enumerate(("lstm", "gru", "conv:3")):
+    config.model.levels[i].mixer = mixer
+  model = LM(spec_lib.from_config(config.model))
+  boxed = jax.eval_shape(lambda r: init_params(model, r, (2, SEQ)), jax.random.key(0))
+  specs = nn.get_partition_spec(boxed)
+  paths = {"/".join(k.key for k in path): spec for path, spec in
+           jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))}
+  mixing = {p: s for p, s in paths.items() if "/rnn/" in p or "/conv/" in p}
+  assert any("/rnn/" in p for p in mixing) and any("/conv/" in p for p in mixing)
+  for path, spec in mixing.items():
+    assert any(axis is not None for axis in spec), f"{path} has no logical axes"
+
+
+def test_a_recurrent_preset_trains_on_a_mesh_like_on_one_device():
+  config = lm_configs.get_config("model=megabyte_lstm,size=tiny")
+  data = pipeline.make_dataset(config.data, "train", batch_size=8, seed=0)
+  batches = [batch for _, batch in zip(range(2), data)]
+  runs = []
+  for mesh, devices in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), jax.devices())):
+    config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+    setup = Setup.create(config, mesh=sharding.make_mesh(config.mesh, devices))
+    state, losses = setup.state, []
+    for batch in batches:
+      state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
+      losses.append(float(metrics["loss"]))
+    runs.append((losses, jax.device_get(state.params)))
+  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               runs[0][1], runs[1][1])

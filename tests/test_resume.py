@@ -32,9 +32,10 @@ from loop_hooks import Crash, crash_after
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
-RUN = ["--config=configs/lm.py:tiny", f"--config.train.steps={STEPS}",
+RUN = [f"--config.train.steps={STEPS}",
        "--config.train.log_every=1", "--config.train.eval_every=4",
        "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=3"]
+RECURRENT = "model=megabyte_lstm,size=tiny"   # an LSTM local model under a global one
 
 
 def tiny_config(**train):
@@ -44,13 +45,14 @@ def tiny_config(**train):
   return config
 
 
-def start(workdir, *extra):
-  return subprocess.Popen([sys.executable, "launch.py", *RUN, f"--workdir={workdir}", *extra],
+def start(workdir, *extra, preset="tiny"):
+  return subprocess.Popen([sys.executable, "launch.py", f"--config=configs/lm.py:{preset}", *RUN,
+                           f"--workdir={workdir}", *extra],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def launch(workdir, *extra):
-  proc = start(workdir, *extra)
+def launch(workdir, *extra, preset="tiny"):
+  proc = start(workdir, *extra, preset=preset)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   return out, err
@@ -102,10 +104,10 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def interrupt(workdir, at_step, sig):
+def interrupt(workdir, at_step, sig, preset="tiny"):
   """Start the run, send `sig` once a row for `at_step` (or later) is logged;
   (the newest step logged then, the process's stdout, seconds from signal to exit)."""
-  proc = start(workdir)
+  proc = start(workdir, preset=preset)
   reached = wait_for_step(proc, workdir, at_step)
   sent = time.time()
   proc.send_signal(sig)
@@ -139,6 +141,18 @@ def test_kill_9_three_times_and_sigterm_then_resume_equals_an_uninterrupted_run_
   assert_same_run(workdir, reference)
   assert list(workdir.glob("metrics-*.jsonl")), "rows logged again after resuming are kept aside"
   assert any(n.startswith(f"{newest}-") for n in os.listdir(workdir / checkpoint.UNUSABLE))
+
+
+@pytest.mark.slow   # ~1.5 min: run by CI (.ci/run) after the default suite
+def test_kill_9_of_a_recurrent_preset_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """The LSTM local model (its parameters inside a scan) resumes bit for bit too."""
+  reference = tmp_path / "reference"
+  launch(reference, preset=RECURRENT)
+  workdir = tmp_path / "run"
+  killed = [interrupt(workdir, step, signal.SIGKILL, RECURRENT)[0] for step in (3, 9)]
+  launch(workdir, preset=RECURRENT)
+  print(f"kill -9 after steps {killed}")
+  assert_same_run(workdir, reference)
 
 
 def test_a_crashed_run_resumes_to_the_uninterrupted_result_bit_for_bit(

@@ -71,7 +71,7 @@ INVALID = [
     ({"sample.max_new_tokens": 1000}, "sample.max_new_tokens"),
     ({"eval.prompt_tokens": 200, "eval.new_tokens": 100}, "eval.new_tokens"),
     ({"eval.continuations": -1}, "eval.continuations"),
-    ({"model.levels[0].pool": "max"}, "model.levels[0].pool"),
+    ({"model.levels[0].pool": "median"}, "model.levels[0].pool"),
     ({"model.levels[0].upsample": "nearest"}, "model.levels[0].upsample"),
     ({"eval.prompt_tokens": 0}, "eval.prompt_tokens"),
     ({"eval.new_tokens": 0}, "eval.new_tokens"),

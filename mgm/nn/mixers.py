@@ -71,8 +71,9 @@ class Attention(Mixer):
   param_name: ClassVar[str] = "attn"
 
   def layer(self, width, heads, span, unit_window, spec, name):
-    return SelfAttention(width, heads, span, spec.rope_base, spec.qk_norm, spec.compute_dtype,
-                         unit_window, spec.attention_impl, name=name)
+    return SelfAttention(width=width, heads=heads, span=span, rope_base=spec.rope_base,
+                         qk_norm=spec.qk_norm, dtype=spec.compute_dtype,
+                         unit_window=unit_window, attention_impl=spec.attention_impl, name=name)
 
   def flops(self, width, keys):
     return 2 * 4 * width * width + 2 * 2 * width * keys   # q, k, v, o; scores, values

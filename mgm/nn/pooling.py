@@ -221,6 +221,32 @@ class Attention(Pooling):
             "sum": jnp.sum(w[..., None] * x, axis=1)}
 
 
+@POOLING.register
+@dataclasses.dataclass(frozen=True)
+class Max(Pooling):
+  """The element-wise maximum over the unit's children (max-over-time pooling,
+  Collobert et al. 2011 §3.3.2). Units without children (padding) pool to 0."""
+  name: ClassVar[str] = "max"
+
+  def static(self, xs, scores):
+    return xs.max(axis=2)
+
+  def dynamic(self, x, parents, num, scores, in_width):
+    top = segment_op(jax.ops.segment_max, x, parents, num)             # -inf where empty
+    return jnp.where(jnp.isfinite(top), top, 0.0).astype(x.dtype)
+
+  def add(self, acc, e, score):
+    first = (acc["count"] == 0)[:, None]
+    return {"count": acc["count"] + 1, "max": jnp.where(first, e, jnp.maximum(acc["max"], e))}
+
+  def final(self, acc):
+    return acc["max"]
+
+  def from_prefix(self, x, member, scores, start, patch):
+    top = jnp.max(jnp.where(member[..., None], x, -jnp.inf), axis=1)
+    return {"count": _count(member), "max": jnp.where(jnp.isfinite(top), top, 0.0)}
+
+
 def _count(member):
   return jnp.sum(member, axis=1).astype(jnp.int32)
 
