@@ -1,5 +1,6 @@
 """Granularity ablation: 1, 2 and 3 levels; fixed patches against word and
-sentence units, at matched training FLOPs.
+sentence units, and the byte level's mixer (attention, LSTM, GRU, conv), at
+matched training FLOPs.
 
   python launch.py --experiment=experiments/granularity.py:cpu --workdir=runs/granularity
 
@@ -36,11 +37,25 @@ def arms_on(data_name: str, data: dict, size: str) -> list[Arm]:
   ]
 
 
+def mixer_arms(size: str) -> list[Arm]:
+  """The byte level's generator as each mixer (mgm/nn/mixers.py), the rest as
+  MEGABYTE's and mgm3's presets: does the local model need attention?"""
+  base = common.overrides(size)
+  local = lambda mixer: {**base, "model.levels[1].mixer": mixer}
+  return [
+      Arm("synthetic: 2 levels, fixed:8, LSTM bytes", common.preset("megabyte_lstm", size), base),
+      Arm("synthetic: 2 levels, fixed:8, GRU bytes", common.preset("megabyte", size), local("gru")),
+      Arm("synthetic: 2 levels, fixed:8, conv:4 bytes", common.preset("megabyte", size),
+          local("conv:4")),
+      Arm("synthetic: 3 levels, GRU bytes", common.preset("mgm3_gru", size), base)]
+
+
 def get_experiment(size: str = "cpu") -> Experiment:
   base = common.overrides(size)
   arms = arms_on("synthetic", {}, size) + [     # the other presets, on the same budget
       Arm("synthetic: hourglass preset (fixed:4)", common.preset("hourglass", size), base),
       Arm("synthetic: spacebyte preset (words)", common.preset("spacebyte", size), base)]
+  arms += mixer_arms(size)
   text = common.shared_text()
   if text and size == "cpu":
     arms += arms_on("shakespeare", text, size)

@@ -24,17 +24,17 @@ def draw(config, model, params, step: int) -> list[str]:
   tokens, lengths = decode.pack_prompts(texts, settings, model, config.data.seq_len)
   rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
   out, _ = decode.generate(model, params, tokens, lengths, rng, settings)
-  _warn_unit_overflow(model.spec, np.asarray(out), config.data.seq_len)
+  _warn_unit_overflow(model.spec, np.asarray(out), config.data.seq_len, model.packing)
   return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
 
 
-def _warn_unit_overflow(spec, buffer, seq_len: int):
+def _warn_unit_overflow(spec, buffer, seq_len: int, packing: str = "none"):
   """Warn (naming the field) for each generated row [S] whose prompt + new tokens
   (up to the first PAD) hold more units than a level's max_units: past that point
   the generator's coarse context is wrong. Prompts alone are refused by validation."""
   for i, row in enumerate(buffer):
     real = row[:np.argmax(row == PAD)] if (row == PAD).any() else row
-    excess = unit_excess(spec, real, seq_len)
+    excess = unit_excess(spec, real, seq_len, packing)
     if excess:
       level, count, bound = excess
       logging.warning("sample %d: prompt + generated text hold %d units at model.levels[%d] "

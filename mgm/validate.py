@@ -222,7 +222,7 @@ def _validate_prompts(config, spec, settings):
       raise ConfigError(prompt.field, f"{prompt.origin} is {len(tokens)} bytes; with "
                         f"sample.max_new_tokens={settings.max_new} that exceeds data.seq_len="
                         f"{seq_len}; shorten it or lower sample.max_new_tokens")
-    excess = unit_excess(spec, tokens, seq_len)
+    excess = unit_excess(spec, tokens, seq_len, config.data.packing)
     if excess:
       level, count, bound = excess
       raise ConfigError(prompt.field, f"{prompt.origin} has {count} "
@@ -230,15 +230,18 @@ def _validate_prompts(config, spec, settings):
                         f".max_units={bound}; shorten it or raise model.levels[{level}].max_units")
 
 
-def unit_excess(spec, tokens, seq_len: int):
+def unit_excess(spec, tokens, seq_len: int, packing: str = "none"):
   """(level, units, max_units) of the first coarse level where a row of `tokens`
   ([T] or [B, T]) holds more units than its static bound (the most units of any
-  row), else None."""
+  row), else None; segmented as the model runs under `packing` (with
+  document_mask, fixed patches restart at each document, so their count varies)."""
+  documents = packing == "document_mask"
   coarse = spec.levels[:-1]
+  coarse = segment.document_levels(coarse) if documents else coarse
   tokens = np.atleast_2d(np.asarray(tokens, np.int32))
   if not coarse or not tokens.size:
     return None
-  seg = segment.segment(tokens, coarse, seq_len)
+  seg = segment.segment(tokens, coarse, seq_len, documents=documents)
   for level, (count, bound) in enumerate(zip(seg.counts, seg.max_units)):
     if int(count.max()) > bound:
       return level, int(count.max()), bound
@@ -248,11 +251,13 @@ def unit_excess(spec, tokens, seq_len: int):
 def _validate_units(config, spec):
   """The first training batch fits every level's max_units (else the train step would
   refuse its updates and the run stop at its first log step)."""
-  if all(segment.fixed_patch(spec.levels, i) for i in range(len(spec.levels) - 1)):
-    return   # fixed units: the bound is exact
+  packing = config.data.packing
+  if packing == "none" and all(segment.fixed_patch(spec.levels, i)
+                               for i in range(len(spec.levels) - 1)):
+    return   # fixed units of one stream: the bound is exact
   batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
                                           batch_size=config.train.batch_size)))
-  excess = unit_excess(spec, batch["tokens"], config.data.seq_len)
+  excess = unit_excess(spec, batch["tokens"], config.data.seq_len, packing)
   if excess:
     level, count, bound = excess
     raise ConfigError(f"model.levels[{level}].max_units", f"{bound} is too few: the batch "

@@ -225,3 +225,17 @@ def test_launch_refuses_continuations_the_held_out_text_cannot_feed(tmp_path):
   assert lines == ["launch.py: config field `eval.continuations`: no held-out sequence among "
                    "the 16 eval rows has 48 tokens (eval.prompt_tokens=32 + "
                    "eval.new_tokens=16); lower those, or set eval.continuations=0"]
+
+
+def test_packed_documents_too_short_for_the_patch_bound_are_refused_before_step_1(tmp_path):
+  """Under document_mask fixed patches restart at each document, so a row of many
+  short documents holds more patches than T/P: the first batch is checked as the
+  model runs it (3-byte documents: 16 per 64-byte row, > 1.5 x 64 / 8 = 12)."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("abcdefghij klmnop\n" * 300)
+  config = get_config("model=megabyte,size=tiny")
+  config.data.update(source="text", files=str(corpus), text_doc_bytes=3)
+  with pytest.raises(ConfigError, match=r"model\.levels\[0\]\.max_units"):
+    validate(config)
+  config.data.packing = "none"       # one stream: patches are exact, nothing to refuse
+  validate(config)

@@ -53,10 +53,10 @@ class LevelSpec:
   heads: int
   span: str = "full"           # full | parent | window:W       (mgm/nn/span.py)
   pre_layers: int = 0          # down-path layers at this level (Hourglass)
-  units: str = ""              # fixed:P | word | sentence | paragraph | bytes:<chars>
+  units: str = ""              # fixed:P | word | sentence | paragraph | bytes:<chars> | document
   max_len: int = 0             #                                (mgm/model/units.py)
   max_units: int = 0
-  pool: str = "mean"           # concat | mean | attention | last (mgm/nn/pooling.py)
+  pool: str = "mean"           # concat | mean | attention | last | max (mgm/nn/pooling.py)
   upsample: str = "repeat"     # repeat | linear                (mgm/nn/upsample.py)
   aux_loss: str = ""           # '' | bag | first
   aux_weight: float = 0.0
@@ -120,10 +120,11 @@ def level_from_config(cfg, i, coarse: bool) -> LevelSpec:
   for name in ("width", "heads"):
     _positive(cfg[name], f"{field}.{name}")
   _non_negative(cfg.depth, f"{field}.depth")
-  if cfg.width % cfg.heads:
+  attention = cfg.get("mixer", "attention") == "attention"   # only attention has heads
+  if attention and cfg.width % cfg.heads:
     raise ConfigError(f"{field}.heads", f"width {cfg.width} is not divisible by "
                       f"heads {cfg.heads}; choose heads dividing the width")
-  if (cfg.width // cfg.heads) % 2:
+  if attention and (cfg.width // cfg.heads) % 2:
     raise ConfigError(f"{field}.heads", f"head dimension {cfg.width // cfg.heads} "
                       "must be even for rotary embeddings")
   unknown = sorted(set(cfg.keys()) - set(LEVEL_FIELDS))

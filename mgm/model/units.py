@@ -20,8 +20,8 @@ import numpy as np
 from mgm.data.tokenizer import BOS
 from mgm.kinds import KindError, Registry, positive_arg
 
-UNITS = Registry("units", "units", "fixed:P (P > 0), word, sentence, paragraph or "
-                 "bytes:<delimiter characters>")
+UNITS = Registry("units", "units", "fixed:P (P > 0), word, sentence, paragraph, "
+                 "bytes:<delimiter characters> or document")
 
 WORD_DELIMITERS = (string.whitespace + string.punctuation).encode()
 SENTENCE_ENDS = b".!?"
@@ -141,9 +141,9 @@ class Paragraph(Units):
 @UNITS.register
 @dataclasses.dataclass(frozen=True)
 class Document(Units):
-  """Internal (packing=document_mask): one unit per document, closed by its EOS
-  and cut every max_len tokens; what `fixed:P` runs as when documents are
-  packed (`segment.document_levels`)."""
+  """One unit per document, closed by its EOS and cut every max_len tokens;
+  also what `fixed:P` runs as when documents are packed
+  (`segment.document_levels`)."""
   name: ClassVar[str] = "document"
 
   def bounds(self, tokens, prev, t):

@@ -130,8 +130,8 @@ class SelfAttention(nn.Module):
   attention_impl: str = "auto"     # auto | xla | cudnn (full causal spans)
 
   @nn.compact
-  def __call__(self, x, positions, unit_ids=None, cache=None, index=None, key_mask=None,
-               doc_ids=None):
+  def __call__(self, x, positions, unit_ids=None, doc_ids=None, cache=None, index=None,
+               key_mask=None):
     """x: [B, T, D], positions: [B, T] -> [B, T, D]; `doc_ids` [B, T]: see `attend`.
 
     Teacher-forced, it also sows its keys and values ('intermediates'/'cache') for

@@ -174,6 +174,12 @@ def read_slot(cache, slots):
                              axis=1)[:, 0]
 
 
+# Scans of at most this many steps are unrolled (a MEGABYTE patch's 8 bytes: no
+# loop overhead); longer ones run as a loop, which XLA's cost analysis counts
+# once (tests/test_flops.py unrolls them to check the FLOPs formula).
+UNROLL_UP_TO = 16
+
+
 class _ResetCell(nn.Module):
   """One time step of a flax RNN cell whose state restarts (zeros) where `reset`."""
   cell: Any
@@ -219,7 +225,7 @@ class Recurrent(nn.Module):
     ids = unit_ids if unit_ids is not None else doc_ids
     reset = jnp.broadcast_to(restarts(t, ids), (b, t))
     scan = nn.scan(_ResetCell, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1)
+                   in_axes=1, out_axes=1, unroll=t if t <= UNROLL_UP_TO else 1)
     _, (y, carries) = scan(self.cell, self.width, self.dtype, name="steps")(
         self._zeros(b), (h, reset))
     self.sow("intermediates", "cache", carries)         # state after each position
