@@ -2,26 +2,34 @@
 
   python -m benchmarks.generate_throughput                 # the table: flat, megabyte, mgm3 x batch 1, 16
   python -m benchmarks.generate_throughput --models=megabyte --batches=1 --new_tokens=2048
+  python -m benchmarks.generate_throughput --models=megabyte --token_mixers=attention,lstm,gru,conv:4 \
+      --new_tokens=512 --rounds=3 --out=generate_mixers    # the token (last) level's mixer varied
 
 Cached: `mgm.decode.generate` (greedy, 2048 new bytes after a 2-byte prompt),
-timed after a warm-up call. Recompute (the reference, which lives only here):
+timed after a warm-up call (`--rounds`: the fastest of that many calls, the
+models timed in turn). Recompute (the reference, which lives only here):
 every new token runs the whole model over the prefix written so far, in
 buckets of 128 tokens (one compiled length per bucket, as a JAX recompute
 loop must); each bucket's step is timed once and counted 128 times. Parameters
-as in benchmarks/train_suite.py (equal within 10%). Writes
-benchmarks/results/generate.{jsonl,md}.
+as in benchmarks/train_suite.py (equal within 10%); `--token_mixers` sets
+the last level's mixer (mgm/nn/mixers.py), all in one process so a busy
+machine slows every mixer alike. Writes benchmarks/results/OUT.{jsonl,md}
+(OUT: --out, default generate) with the fp32 matmul probe and the load
+average at the start and the end of the run.
 """
 import argparse
 import datetime
+import functools
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, model_config, time_calls
 from benchmarks.train_suite import SHAPES
-from mgm import decode
+from mgm import decode, flops
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.train import init_params, param_count
@@ -30,20 +38,30 @@ BUCKET = 128
 OUT = os.path.join(os.path.dirname(__file__), "results")
 
 
-def build(model_name, seq_len):
+def build(model_name, seq_len, token_mixer="attention"):
   dims, depths = ([int(x) for x in v.split(",")] for v in SHAPES[model_name])
   config = model_config(model_name, dims, depths, heads=4, patch=8, seq_len=seq_len)
+  config.model.levels[-1].mixer = token_mixer
   model = LM(spec_lib.from_config(config.model))
   return model, init_params(model, jax.random.key(0), (1, seq_len))
 
 
-def cached_seconds(model, params, batch, new_tokens, seq_len):
+def cached_seconds(models, batch, new_tokens, seq_len, rounds=1):
+  """Seconds of one cached call per model (dict key -> (model, params)): each
+  compiled and run once, then `rounds` rounds that time every model once in
+  turn (interleaved, so a busy spell slows them alike); the fastest round counts."""
   settings = decode.DecodeSettings(strategy="greedy", max_new=new_tokens, stop_at_eos=False)
-  tokens, lengths = decode.pack_prompts(["= "] * batch, settings, model, seq_len)
-  generate = lambda: decode.generate(model, params, tokens, lengths, jax.random.key(0),
-                                     settings)[0]
-  seconds, _ = time_calls(generate, warmup=1, repeats=1)
-  return seconds
+  calls = {}
+  for key, (model, params) in models.items():
+    tokens, lengths = decode.pack_prompts(["= "] * batch, settings, model, seq_len)
+    calls[key] = functools.partial(decode.generate, model, params, tokens, lengths,
+                                   jax.random.key(0), settings)
+    jax.block_until_ready(calls[key]()[0])   # compile
+  best = dict.fromkeys(calls, float("inf"))
+  for _ in range(rounds):
+    for key, call in calls.items():
+      best[key] = min(best[key], time_calls(lambda: call()[0], warmup=0, repeats=1)[0])
+  return best
 
 
 def recompute_seconds(model, params, batch, new_tokens, prompt=2):
@@ -62,37 +80,69 @@ def main():
   p.add_argument("--models", default="flat,megabyte,mgm3")
   p.add_argument("--batches", default="1,16")
   p.add_argument("--new_tokens", type=int, default=2048)
+  p.add_argument("--token_mixers", default="attention",
+                 help="comma-separated mixers for the last (token) level, e.g. "
+                      "attention,lstm,gru,conv:4")
+  p.add_argument("--out", default="generate", help="benchmarks/results/OUT.{jsonl,md}")
+  p.add_argument("--rounds", type=int, default=1, help="timed cached calls; the fastest counts")
   args = p.parse_args()
   seq_len = -(-(args.new_tokens + 64) // 64) * 64
+  machine = {"probe_gflops": [round(flops.measured_matmul_flops() / 1e9)],
+             "load": [round(os.getloadavg()[0], 2)]}
+  models = {(name, mixer): build(name, seq_len, mixer) for name in args.models.split(",")
+            for mixer in args.token_mixers.split(",")}
   rows = []
-  for name in args.models.split(","):
-    model, params = build(name, seq_len)
-    for batch in (int(b) for b in args.batches.split(",")):
-      cached = cached_seconds(model, params, batch, args.new_tokens, seq_len)
+  for batch in (int(b) for b in args.batches.split(",")):
+    cached = cached_seconds(models, batch, args.new_tokens, seq_len, args.rounds)
+    for (name, mixer), (model, params) in models.items():
       recompute = recompute_seconds(model, params, batch, args.new_tokens)
-      rows.append({"bench": "generate", "model": name, "params": param_count(params),
-                   "batch": batch, "new_tokens": args.new_tokens,
-                   "cached_tokens_per_sec": round(batch * args.new_tokens / cached, 1),
+      rows.append({"bench": "generate", "model": name, "token_mixer": mixer,
+                   "params": param_count(params), "batch": batch,
+                   "new_tokens": args.new_tokens, "cached_rounds": args.rounds,
+                   "cached_tokens_per_sec": round(batch * args.new_tokens / cached[name, mixer], 1),
                    "recompute_tokens_per_sec": round(batch * args.new_tokens / recompute, 2),
-                   "speedup": round(recompute / cached, 1), "backend": jax.default_backend()})
+                   "speedup": round(recompute / cached[name, mixer], 1),
+                   "backend": jax.default_backend()})
       emit(rows[-1])
-  write(rows)
+  rows.sort(key=lambda r: (list(models).index((r["model"], r["token_mixer"])), r["batch"]))
+  machine["probe_gflops"].append(round(flops.measured_matmul_flops() / 1e9))
+  machine["load"].append(round(os.getloadavg()[0], 2))
+  emit(machine)
+  write(rows, args, machine)
 
 
-def write(rows):
+def write(rows, args, machine):
   os.makedirs(OUT, exist_ok=True)
-  with open(os.path.join(OUT, "generate.jsonl"), "w") as f:
+  for r in rows:
+    r.update(machine)
+  with open(os.path.join(OUT, f"{args.out}.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  lines = ["Generation of 2048 new bytes (greedy, after a 2-byte prompt) on "
+  command = " ".join(["python -m benchmarks.generate_throughput"] + sys.argv[1:])
+  vary = "," in args.token_mixers
+  lines = [f"Generation of {args.new_tokens} new bytes (greedy, after a 2-byte prompt) on "
            f"{jax.default_backend()} ({os.cpu_count()} cores), {datetime.date.today()}: "
-           "`python -m benchmarks.generate_throughput`. Shapes as in "
-           "train_suite (megabyte: dims 256,256, depths 4,2, patch 8, 4 heads of 64).", "",
-           "| model | params | batch | cached tokens/s | recompute tokens/s | cached / recompute |",
-           "|---|---|---|---|---|---|"]
-  lines += [f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
+           f"`{command}`. Shapes as in "
+           "train_suite (megabyte: dims 256,256, depths 4,2, patch 8, 4 heads of 64); "
+           "token mixer: the last level's. Cached: the fastest of "
+           f"{args.rounds} timed call(s) per row, the models taking turns. The fp32 matmul probe "
+           "(`mgm.flops.measured_matmul_flops`) read "
+           f"{machine['probe_gflops'][0]} GFLOP/s at the start and "
+           f"{machine['probe_gflops'][1]} at the end; 1-minute load average "
+           f"{machine['load'][0]} and {machine['load'][1]}.", "",
+           "| model | token mixer | params | batch | cached tokens/s | recompute tokens/s "
+           "| cached / recompute |" + (" cached vs attention |" if vary else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if vary else "")]
+  for r in rows:
+    line = (f"| {r['model']} | {r['token_mixer']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
             f"{r['cached_tokens_per_sec']:,.0f} | {r['recompute_tokens_per_sec']:,.1f} | "
-            f"{r['speedup']}x |" for r in rows]
-  with open(os.path.join(OUT, "generate.md"), "w") as f:
+            f"{r['speedup']}x |")
+    if vary:
+      base = [a for a in rows if (a["model"], a["batch"], a["token_mixer"])
+              == (r["model"], r["batch"], "attention")]
+      line += (f" {r['cached_tokens_per_sec'] / base[0]['cached_tokens_per_sec']:.2f} |"
+               if base else " |")
+    lines.append(line)
+  with open(os.path.join(OUT, f"{args.out}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
