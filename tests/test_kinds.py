@@ -47,9 +47,10 @@ def test_every_registered_kind_has_an_example_that_parses_back_to_itself(field):
 
 
 def test_a_level_spec_parses_each_kind_once_into_its_object():
-  level = LevelSpec(8, 1, 2, span="window:4", units="fixed:2", pool="max", mixer="conv:3")
+  level = LevelSpec(8, 1, 2, span="window:4", units="fixed:2", pool="max")
   assert (level.span_kind.size, level.units_kind.patch, str(level.pool_kind),
-          level.mixer_kind.kernel) == (4, 2, "max", 3)
+          str(level.mixer_kind)) == (4, 2, "max", "attention")
+  assert LevelSpec(8, 1, 2, span="parent", mixer="conv:3").mixer_kind.kernel == 3
   with pytest.raises(KindError) as error:
     LevelSpec(8, 1, 2, span="window:x")
   assert error.value.field == "span"
