@@ -112,7 +112,7 @@ def test_a_conv_mixer_without_a_kernel_size_takes_4_taps():
   assert str(MIXERS.parse("conv:5")) == "conv:5" and str(MIXERS.parse("conv")) == "conv:4"
 
 
-def test_every_mixer_parameter_has_logical_axes_for_the_sharding_rules():
+def test_every_mixer_matrix_has_logical_axes_for_the_sharding_rules():
   config = lm_configs.get_config("model=mgm3,size=tiny")
   for i, mixer in enumerate(("lstm", "gru", "conv:3")):
     config.model.levels[i].mixer = mixer
@@ -123,23 +123,26 @@ def test_every_mixer_parameter_has_logical_axes_for_the_sharding_rules():
            jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))}
   mixing = {p: s for p, s in paths.items() if "/rnn/" in p or "/conv/" in p}
   assert any("/rnn/" in p for p in mixing) and any("/conv/" in p for p in mixing)
-  for path, spec in mixing.items():
-    assert any(axis is not None for axis in spec), f"{path} has no logical axes"
+  for path, spec in mixing.items():   # matrices are sharded; vectors (biases) may stay whole
+    assert len(spec) < 2 or any(axis is not None for axis in spec), f"{path}: no logical axes"
 
 
 def test_a_recurrent_preset_trains_on_a_mesh_like_on_one_device():
+  """3 steps on a 2x2x2 mesh equal one device's: losses, gradient norms and
+  parameters. (With the LSTM's kernels split over fsdp and tensor at once, XLA
+  0.10.2 computed gradients 0.1-30% off on this mesh only; mgm/nn/mixers.py.)"""
   config = lm_configs.get_config("model=megabyte_lstm,size=tiny")
   data = pipeline.make_dataset(config.data, "train", batch_size=8, seed=0)
-  batches = [batch for _, batch in zip(range(2), data)]
+  batches = [batch for _, batch in zip(range(3), data)]
   runs = []
   for mesh, devices in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), jax.devices())):
     config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     setup = Setup.create(config, mesh=sharding.make_mesh(config.mesh, devices))
-    state, losses = setup.state, []
+    state, trace = setup.state, []
     for batch in batches:
       state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
-      losses.append(float(metrics["loss"]))
-    runs.append((losses, jax.device_get(state.params)))
-  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               runs[0][1], runs[1][1])
+      trace.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+    runs.append((trace, jax.device_get(state.params)))
+  np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               runs[1][1], runs[0][1])
