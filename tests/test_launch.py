@@ -105,7 +105,7 @@ def test_bad_input_names_the_field_and_exits_2(tmp_path, args, field):
 
 
 PRESETS = ("presets are tiny, demo, small, base (the flat model) or model=NAME,size=SIZE with "
-           "NAME one of flat, megabyte, hourglass, spacebyte, mgm3, e.g. "
+           "NAME one of flat, megabyte, hourglass, spacebyte, mgm3, megabyte_lstm, mgm3_gru, e.g. "
            "configs/lm.py:model=mgm3,size=demo")
 
 
