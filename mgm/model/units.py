@@ -10,6 +10,7 @@ by `mgm/model/segment.py` for every kind alike.
 
 Adding a kind: one class here, registered in `UNITS` (README, "Extending mgm").
 """
+import abc
 import dataclasses
 import string
 from typing import ClassVar
@@ -35,7 +36,7 @@ def is_in(tokens, byte_set: bytes):
   return jnp.asarray(table)[jnp.clip(tokens, 0, BOS + 1)]
 
 
-class Units:
+class Units(abc.ABC):
   """Base of the units kinds. `patch` is P for units of exactly P tokens
   (static shapes: reshapes instead of segment ops), None otherwise;
   `closes_at_eos`: a document separator also closes the unit."""
@@ -49,9 +50,9 @@ class Units:
       raise KindError("units", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
     return cls()
 
+  @abc.abstractmethod
   def bounds(self, tokens, prev, t):
     """tokens, prev [B, L] int, t [B, L] or [L] positions -> [B, L] bool."""
-    raise NotImplementedError
 
   def __str__(self):
     return self.name

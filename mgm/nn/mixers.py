@@ -24,6 +24,7 @@ So the cached decoder treats every mixer alike (mgm/model/incremental.py).
 
 Adding a kind: one class here, registered in `MIXERS`, and its layer module.
 """
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ from mgm.nn.layers import Dtype, Linear
 MIXERS = Registry("mixer", "mixer", "attention, lstm, gru or conv:K (K >= 1 taps)")
 
 
-class Mixer:
+class Mixer(abc.ABC):
   """Base of the mixer kinds. `param_name`: the layer's name in each block."""
   name: ClassVar[str]
   param_name: ClassVar[str]
@@ -52,13 +53,13 @@ class Mixer:
   def check_span(self, span):
     """KindError (field 'span') when this mixer cannot honour `span`."""
 
+  @abc.abstractmethod
   def layer(self, width, heads, span, unit_window, spec, name) -> nn.Module:
     """The mixing layer of one block (spec: the ModelSpec's shared settings)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def flops(self, width: int, keys: float) -> float:
     """Forward matmul FLOPs per position of one layer (keys: attended per query)."""
-    raise NotImplementedError
 
   def __str__(self):
     return self.name

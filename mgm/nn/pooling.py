@@ -14,6 +14,7 @@ decoder cannot drift apart:
 
 Adding a kind: one class here, registered in `POOLING` (README, "Extending mgm").
 """
+import abc
 import dataclasses
 from typing import ClassVar
 
@@ -38,7 +39,7 @@ def where_rows(cond, new, old):
       cond.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-class Pooling:
+class Pooling(abc.ABC):
   """Base of the pooling kinds."""
   name: ClassVar[str]
   needs_fixed_children: ClassVar[bool] = False   # a fixed number of children per unit
@@ -58,27 +59,27 @@ class Pooling:
     """Forward matmul FLOPs of pooling `children` children, projection excluded."""
     return 0.0
 
+  @abc.abstractmethod
   def static(self, xs, scores):
     """xs [B, N, K, D] (scores [B, N, K] or None) -> [B, N, in_width]."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def dynamic(self, x, parents, num, scores, in_width):
     """x [B, L, D], parents [B, L] (scores [B, L]) -> [B, num, in_width]."""
-    raise NotImplementedError
 
 
+  @abc.abstractmethod
   def add(self, acc, e, score) -> dict:
     """Accumulator after one more child e [B, D] (attention score [B])."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def final(self, acc):
     """The pooled vector [B, in_width] of the accumulated children."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def from_prefix(self, x, member, scores, start, patch) -> dict:
     """Accumulator of the open unit whose children are x [B, L, D] where
     member [B, L]; `start` [B] its first child's index."""
-    raise NotImplementedError
 
   def __str__(self):
     return self.name

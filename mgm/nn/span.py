@@ -14,6 +14,7 @@ for delimiter units; `unit_window` is then the longest unit (max_len).
 
 Adding a kind: one class here, registered in `SPANS`.
 """
+import abc
 import dataclasses
 from typing import ClassVar
 
@@ -25,7 +26,7 @@ from mgm.nn import attention
 SPANS = Registry("span", "span", "'full', 'parent' or 'window:W' with W a positive integer")
 
 
-class Span:
+class Span(abc.ABC):
   """Base of the span kinds."""
   name: ClassVar[str]
   local: ClassVar[bool] = False   # only recent positions: a recurrent state cannot honour it
@@ -40,10 +41,10 @@ class Span:
   def check(self, level_index: int):
     """KindError when this span cannot serve the level at `level_index`."""
 
+  @abc.abstractmethod
   def attend(self, q, k, v, *, unit_ids=None, unit_window=None, impl="auto", doc_ids=None):
     """Teacher-forced causal attention. q, k, v: [B, T, N, H] -> [B, T, N, H];
     `doc_ids` [B, T] keeps each query within its document."""
-    raise NotImplementedError
 
   def keys(self, length: int, executed: bool, unit_window: int | None = None) -> float:
     """Keys per query at a level of `length` positions, for FLOPs: the useful

@@ -12,6 +12,7 @@ position `kid` in the unit) and its FLOPs.
 
 Adding a kind: one class here, registered in `UPSAMPLING`.
 """
+import abc
 import dataclasses
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ def child_slots(parents, num: int):
   return parents, index - jnp.take_along_axis(first, parents, axis=1)
 
 
-class Upsampling:
+class Upsampling(abc.ABC):
   """Base of the upsampling kinds."""
   name: ClassVar[str]
   needs_fixed_children: ClassVar[bool] = False
@@ -44,19 +45,20 @@ class Upsampling:
       raise KindError("upsample", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
     return cls()
 
+  @abc.abstractmethod
   def projection(self, parent_width, child_width, children_per_unit, dtype, name) -> Linear:
-    raise NotImplementedError
+    """The Linear mapping a parent context to what its children receive."""
 
+  @abc.abstractmethod
   def teacher_forced(self, project, ctx, children_per_unit, parents):
     """ctx [B, N, D_parent] -> [B, L, D_child] added to each child's input;
     `children_per_unit` P (static units, children in order) or None, then
     `parents` [B, L] gives each child's unit."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def incremental(self, project, ctx, kid):
     """ctx [B, D_parent] of each row's open unit -> [B, D_child] for its child at
     position `kid` [B]."""
-    raise NotImplementedError
 
   def flops(self, parent_width: int, child_width: int, children: int) -> float:
     """Forward matmul FLOPs for `children` children (one projection each)."""
