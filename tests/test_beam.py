@@ -14,7 +14,7 @@ from configs import lm as lm_configs
 from mgm import decode
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
-from mgm.train import init_params
+from jitted import init_params
 
 ALLOWED = b"ab "          # the toy vocabulary: these bytes and EOS
 TOY_BANNED = tuple(sorted(set(range(256)) - set(ALLOWED)))

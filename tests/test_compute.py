@@ -19,9 +19,10 @@ from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.nn.attention import fused_impl
 from mgm.data import pipeline
-from mgm.train import (accumulated_grads, init_params, init_state, loss_fn, make_optimizer,
-                       make_train_step)
+from mgm.train import accumulated_grads, loss_fn, make_optimizer, make_train_step
 from mgm.workdir import check_and_save_config
+
+from jitted import init_params, init_state
 
 ON_GPU = jax.default_backend() == "gpu"
 

@@ -1,6 +1,7 @@
 """The composed generator: incremental logits equal teacher-forced ones for every
 preset; strategies and constraints do what they say; bad requests fail clearly."""
 import dataclasses
+import functools
 import math
 
 import jax
@@ -15,7 +16,7 @@ from mgm.data.tokenizer import EOS, PAD
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
-from mgm.train import init_params
+from jitted import init_params
 
 TEXT = "Hi there. Go!\n\nNew para, ok; more words here. End"
 PROMPTS = ["", "Hi", "Hi there. G", "Hi there. Go!\n\nNew pa"]   # lengths 0, 2, 11, 21
@@ -39,8 +40,15 @@ def generate(model, params, seq_len, settings, prompts=PROMPTS, seed=0, record=F
   return np.asarray(out), np.asarray(lengths), None if trace is None else np.asarray(trace)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, params, tokens):
+  return model.apply({"params": params}, tokens)
+
+
 def teacher_forced(model, params, out):
-  return np.asarray(model.apply({"params": params}, jnp.asarray(out)))
+  """The model's logits of the whole rows `out` (jitted: compiled once per model
+  and shape; op by op, a forward pass compiles each of its ops)."""
+  return np.asarray(_apply(model, params, jnp.asarray(out)))
 
 
 def test_incremental_logits_equal_teacher_forced(preset):

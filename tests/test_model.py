@@ -8,7 +8,9 @@ from configs import lm as lm_configs
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
-from mgm.train import init_params, init_state, make_optimizer, make_train_step
+from mgm.train import make_optimizer, make_train_step
+
+from jitted import init_params, init_state
 
 
 def tiny_model(**overrides):
@@ -44,10 +46,11 @@ def test_window_span_limits_what_a_position_sees():
   model = LM(spec_lib.from_config(config.model))
   tokens = np.random.default_rng(1).integers(0, 256, size=(2, 10)).astype(np.int32)
   params = init_params(model, jax.random.key(0), tokens.shape)
-  base = model.apply({"params": params}, tokens)
   changed = tokens.copy()
   changed[:, 0] = (changed[:, 0] + 1) % 256
-  out = model.apply({"params": params}, changed)
+  # both batches as one, jitted (op by op, the forward pass compiles each op)
+  both = jax.jit(lambda t: model.apply({"params": params}, t))(np.concatenate([tokens, changed]))
+  base, out = both[:2], both[2:]
   # one layer, window 3: the prediction of token t sees tokens t-3..t-1 only
   np.testing.assert_allclose(out[:, 4:], base[:, 4:], atol=1e-6)
   assert not np.allclose(out[:, 3], base[:, 3])
@@ -88,10 +91,12 @@ def test_every_preset_builds(size):
                           "mask": jax.ShapeDtypeStruct(shape, jnp.float32)})
     assert out[1]["loss"].shape == ()
     return
-  state = init_state(model, tx, jax.random.key(0), shape)
+  # initialisation and the first train step as one program (one compile)
+  first_step = jax.jit(lambda rng, batch: make_train_step(model, tx)(
+      init_state(model, tx, rng, shape), batch))
   tokens = jnp.zeros(shape, jnp.int32)
-  state, metrics = jax.jit(make_train_step(model, tx))(
-      state, {"tokens": tokens, "mask": jnp.ones(shape, jnp.float32)})
+  state, metrics = first_step(jax.random.key(0),
+                              {"tokens": tokens, "mask": jnp.ones(shape, jnp.float32)})
   assert np.isfinite(float(metrics["loss"]))
 
 

@@ -290,7 +290,7 @@ def poisoned_train_step(bad_steps):
 
 
 def test_non_finite_steps_are_skipped_and_counted_and_too_many_in_a_row_stop_the_run(
-    tmp_path, monkeypatch):
+    abstract_state, tmp_path, monkeypatch):
   """NaN losses at steps 3-4 (two in a row: skipped, the run goes on) and 9-11
   (three in a row, more than max_nonfinite_in_a_row=2: the run stops)."""
   monkeypatch.setattr(setup_lib, "make_train_step", poisoned_train_step([2, 3, 8, 9, 10]))
@@ -302,10 +302,10 @@ def test_non_finite_steps_are_skipped_and_counted_and_too_many_in_a_row_stop_the
   assert all(np.isfinite(table[s]["train_loss"]) for s in (5, 6, 7, 8))
   assert table[8]["train_loss"] < table[2]["train_loss"], "training went on between"
   mngr = checkpoint.read_only_manager(str(tmp_path / "checkpoints"))
-  target = checkpoint.abstract(setup_lib.Setup.create(tiny_config()).state)
   assert mngr.all_steps() == [6, 8, 10]
   for step in mngr.all_steps():
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state))).state
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
 
 

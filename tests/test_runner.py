@@ -93,22 +93,42 @@ def test_table_and_plots_written(finished):
   assert f"--experiment={experiment_path}" in table
 
 
-def test_second_invocation_skips_finished_and_resumes_unfinished(finished, monkeypatch):
-  experiment_path, workdir = finished
-  trained = []
-  real_run_mode = loop.run_mode
-  monkeypatch.setattr(loop, "run_mode",
-                      lambda c, w, m: trained.append(w) or real_run_mode(c, w, m))
-  runner.run_experiment(experiment_path, str(workdir))
-  assert trained == []                                   # both arms were finished
+@pytest.fixture(scope="module")
+def resumed(finished, tmp_path_factory):
+  """A copy of the finished experiment, run again by `runner.run_experiment` twice: as it is
+  (every arm done), then with the flat arm's summary.json removed (as if killed
+  before writing it). {'workdir', 'trained': [[arm dirs loop.run_mode trained], ...]
+  per invocation, 'result': loop.run_mode's return of the resumed arm, 'before': that
+  arm's summary and 'rows': its metrics.jsonl, as they were}."""
+  experiment_path, original = finished
+  workdir = tmp_path_factory.mktemp("resumed") / "run"
+  shutil.copytree(original, workdir)
+  unfinished = workdir / "arms" / "flat"
+  before = json.loads((unfinished / "summary.json").read_text())
+  rows = (unfinished / "metrics.jsonl").read_text()
+  trained, results, real_run = [], [], loop.run_mode
 
-  unfinished = workdir / "arms" / "megabyte-p-8"
-  (unfinished / "summary.json").unlink()                 # as if killed before its summary
-  rows_before = (unfinished / "metrics.jsonl").read_text()
-  runner.run_experiment(experiment_path, str(workdir))
-  assert trained == [str(unfinished)]
+  def spy(config, directory, mode):
+    trained[-1].append(directory)
+    results.append(real_run(config, directory, mode))
+    return results[-1]
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(loop, "run_mode", spy)
+    trained.append([])
+    runner.run_experiment(experiment_path, str(workdir))
+    (unfinished / "summary.json").unlink()
+    trained.append([])
+    runner.run_experiment(experiment_path, str(workdir))
+  return {"workdir": workdir, "trained": trained, "result": results[-1], "before": before,
+          "rows": rows}
+
+
+def test_second_invocation_skips_finished_and_resumes_unfinished(resumed):
+  assert resumed["trained"][0] == []                    # both arms were finished
+  unfinished = resumed["workdir"] / "arms" / "flat"
+  assert resumed["trained"][1] == [str(unfinished)]
   assert (unfinished / "summary.json").exists()
-  assert (unfinished / "metrics.jsonl").read_text() == rows_before   # resumed, not retrained
+  assert (unfinished / "metrics.jsonl").read_text() == resumed["rows"]   # resumed, not retrained
 
 
 def test_a_preempted_arm_stops_the_experiment_with_its_step_saved(tmp_path, monkeypatch):
@@ -199,16 +219,12 @@ def test_every_summary_key_is_documented_in_the_readme(finished):
   assert set(summary) == _documented_summary_keys()
 
 
-def test_a_resumed_arm_reports_the_run_and_this_invocation_apart(finished, tmp_path):
-  """After a resume, wall_s and tokens cover the whole run; invocation_* this one."""
-  experiment_path, workdir = finished
-  arm = tmp_path / "flat"
-  shutil.copytree(workdir / "arms" / "flat", arm)     # a copy: other tests read the arm
-  before = json.loads((arm / "summary.json").read_text())
-  last_row = json.loads((arm / "metrics.jsonl").read_text().splitlines()[-1])
-  experiment = runner.load(experiment_path)
-  config = runner.arm_config(experiment.arms[0], runner.planned_overrides(experiment)["flat"])
-  after = loop.run_mode(config, str(arm), "train")        # resumes at its last step: trains none
+def test_a_resumed_arm_reports_the_run_and_this_invocation_apart(resumed):
+  """After a resume, wall_s and tokens cover the whole run; invocation_* this one.
+  (The flat arm of `resumed`: resumed at its last step, it trains none.)"""
+  arm = resumed["workdir"] / "arms" / "flat"
+  before, after = resumed["before"], resumed["result"]
+  last_row = json.loads(resumed["rows"].splitlines()[-1])
   assert after == json.loads((arm / "summary.json").read_text())
   assert after["tokens"] == before["tokens"] == 6 * 8 * 64 and after["invocation_tokens"] == 0
   assert after["wall_s"] == pytest.approx(last_row["wall_s"] + after["invocation_wall_s"],
