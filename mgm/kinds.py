@@ -7,6 +7,7 @@ and FLOPs). Config strings are `name` or `name:arg` (`fixed:8`, `window:64`,
 Adding a kind is one class in the kind's module, decorated with its
 registry's `register` (README, "Extending mgm").
 """
+from typing import ClassVar
 
 
 class KindError(ValueError):
@@ -16,6 +17,23 @@ class KindError(ValueError):
   def __init__(self, field: str, problem: str):
     self.field = field
     super().__init__(problem)
+
+
+class Kind:
+  """Base of every kind class: a `name`, the config `field` it is read from,
+  parsing of a kind that takes no argument, and its config string."""
+  name: ClassVar[str]
+  field: ClassVar[str]
+
+  @classmethod
+  def parse(cls, arg):
+    """The kind from the text after its name's colon (None: no colon)."""
+    if arg is not None:
+      raise KindError(cls.field, f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
+    return cls()
+
+  def __str__(self):
+    return self.name
 
 
 class Registry:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgm.data.tokenizer import BOS
-from mgm.kinds import KindError, Registry, positive_arg
+from mgm.kinds import Kind, KindError, Registry, positive_arg
 
 UNITS = Registry("units", "units", "fixed:P (P > 0), word, sentence, paragraph, "
                  "bytes:<delimiter characters> or document")
@@ -36,26 +36,17 @@ def is_in(tokens, byte_set: bytes):
   return jnp.asarray(table)[jnp.clip(tokens, 0, BOS + 1)]
 
 
-class Units(abc.ABC):
+class Units(Kind, abc.ABC):
   """Base of the units kinds. `patch` is P for units of exactly P tokens
   (static shapes: reshapes instead of segment ops), None otherwise;
   `closes_at_eos`: a document separator also closes the unit."""
-  name: ClassVar[str]
+  field: ClassVar[str] = "units"
   patch: ClassVar[int | None] = None
   closes_at_eos: ClassVar[bool] = True
-
-  @classmethod
-  def parse(cls, arg):
-    if arg is not None:
-      raise KindError("units", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
-    return cls()
 
   @abc.abstractmethod
   def bounds(self, tokens, prev, t):
     """tokens, prev [B, L] int, t [B, L] or [L] positions -> [B, L] bool."""
-
-  def __str__(self):
-    return self.name
 
 
 @UNITS.register

@@ -32,23 +32,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mgm.kinds import KindError, Registry, positive_arg
+from mgm.kinds import Kind, KindError, Registry, positive_arg
 from mgm.nn.attention import SelfAttention
 from mgm.nn.layers import Dtype, Linear
 
 MIXERS = Registry("mixer", "mixer", "attention, lstm, gru or conv:K (K >= 1 taps)")
 
 
-class Mixer(abc.ABC):
+class Mixer(Kind, abc.ABC):
   """Base of the mixer kinds. `param_name`: the layer's name in each block."""
-  name: ClassVar[str]
+  field: ClassVar[str] = "mixer"
   param_name: ClassVar[str]
-
-  @classmethod
-  def parse(cls, arg):
-    if arg is not None:
-      raise KindError("mixer", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
-    return cls()
 
   def check_span(self, span):
     """KindError (field 'span') when this mixer cannot honour `span`."""
@@ -60,9 +54,6 @@ class Mixer(abc.ABC):
   @abc.abstractmethod
   def flops(self, width: int, keys: float) -> float:
     """Forward matmul FLOPs per position of one layer (keys: attended per query)."""
-
-  def __str__(self):
-    return self.name
 
 
 @MIXERS.register

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mgm.kinds import KindError, Registry
+from mgm.kinds import Kind, Registry
 from mgm.nn.layers import Dtype, Linear
 
 POOLING = Registry("pooling", "pool")
@@ -39,17 +39,11 @@ def where_rows(cond, new, old):
       cond.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-class Pooling(abc.ABC):
+class Pooling(Kind, abc.ABC):
   """Base of the pooling kinds."""
-  name: ClassVar[str]
+  field: ClassVar[str] = "pool"
   needs_fixed_children: ClassVar[bool] = False   # a fixed number of children per unit
   learned_scores: ClassVar[bool] = False         # uses AttentivePool's scores
-
-  @classmethod
-  def parse(cls, arg):
-    if arg is not None:
-      raise KindError("pool", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
-    return cls()
 
   def in_width(self, child_width: int, children_per_unit: int | None) -> int:
     """Width of the pooled vector the projection reads."""
@@ -80,9 +74,6 @@ class Pooling(abc.ABC):
   def from_prefix(self, x, member, scores, start, patch) -> dict:
     """Accumulator of the open unit whose children are x [B, L, D] where
     member [B, L]; `start` [B] its first child's index."""
-
-  def __str__(self):
-    return self.name
 
 
 @POOLING.register

@@ -20,23 +20,17 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from mgm.kinds import KindError, Registry, positive_arg
+from mgm.kinds import Kind, KindError, Registry, positive_arg
 from mgm.nn import attention
 
 SPANS = Registry("span", "span", "'full', 'parent' or 'window:W' with W a positive integer")
 
 
-class Span(abc.ABC):
+class Span(Kind, abc.ABC):
   """Base of the span kinds."""
-  name: ClassVar[str]
+  field: ClassVar[str] = "span"
   local: ClassVar[bool] = False   # only recent positions: a recurrent state cannot honour it
   within_parent: ClassVar[bool] = False   # only the parent unit's positions
-
-  @classmethod
-  def parse(cls, arg):
-    if arg is not None:
-      raise KindError("span", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
-    return cls()
 
   def check(self, level_index: int):
     """KindError when this span cannot serve the level at `level_index`."""
@@ -60,9 +54,6 @@ class Span(abc.ABC):
     """Incremental: which of the slots `keys` [B, W] a query at `query` [B] may
     see beyond causality and its document; `same_unit` [B, W] bool."""
     return jnp.ones(keys.shape, bool)
-
-  def __str__(self):
-    return self.name
 
 
 @SPANS.register

@@ -19,7 +19,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from mgm.kinds import KindError, Registry
+from mgm.kinds import Kind, Registry
 from mgm.nn.layers import Linear
 
 UPSAMPLING = Registry("upsampling", "upsample")
@@ -34,16 +34,10 @@ def child_slots(parents, num: int):
   return parents, index - jnp.take_along_axis(first, parents, axis=1)
 
 
-class Upsampling(abc.ABC):
+class Upsampling(Kind, abc.ABC):
   """Base of the upsampling kinds."""
-  name: ClassVar[str]
+  field: ClassVar[str] = "upsample"
   needs_fixed_children: ClassVar[bool] = False
-
-  @classmethod
-  def parse(cls, arg):
-    if arg is not None:
-      raise KindError("upsample", f"{cls.name!r} takes no argument, got {cls.name}:{arg}")
-    return cls()
 
   @abc.abstractmethod
   def projection(self, parent_width, child_width, children_per_unit, dtype, name) -> Linear:
@@ -63,9 +57,6 @@ class Upsampling(abc.ABC):
   def flops(self, parent_width: int, child_width: int, children: int) -> float:
     """Forward matmul FLOPs for `children` children (one projection each)."""
     return 2 * parent_width * child_width * children
-
-  def __str__(self):
-    return self.name
 
 
 @UPSAMPLING.register
