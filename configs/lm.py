@@ -108,6 +108,10 @@ def base_config():
   c.model.remat_policy = "full"         # full | save_dots (keep matmul outputs)
   c.model.dtype = "float32"             # compute dtype; parameters stay float32
   c.model.attention_impl = "auto"       # auto (cuDNN flash on GPU in bf16/fp16) | xla | cudnn
+  c.model.encoders = []                 # conditioning (configs/caption.py, configs/seq2seq.py):
+                                        # ConfigDicts of mgm/nn/encoders.py EncoderSpec
+  c.model.fusion = ""                   # '' (one encoder) | concat | gated | attention:K
+  c.model.memory_width = 0              # fused memory width (0: the widest encoder's)
 
   c.data = mlc.ConfigDict()
   c.data.source = "synthetic"           # synthetic | text | tfds
@@ -136,6 +140,7 @@ def base_config():
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.grad_clip = 1.0
+  c.train.label_smoothing = 0.0         # of the training loss (0 = off); eval is plain CE
   c.train.log_every = 10
   c.train.eval_every = 50
   c.train.eval_batches = 8

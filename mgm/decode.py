@@ -247,8 +247,8 @@ def stopped(buffer, pos, token, i, settings: DecodeSettings):
 
 # -- the loops -----------------------------------------------------------------
 
-def _sample_loop(model, params, tokens, lengths, settings, key, record_logits):
-  logits0, state = incremental.prefill(model, params, tokens, lengths)
+def _sample_loop(model, params, tokens, lengths, settings, key, record_logits, cond):
+  logits0, state = incremental.prefill(model, params, tokens, lengths, cond)
   rows = jnp.arange(tokens.shape[0])
   first = logits0[rows, lengths]
   trace = jnp.zeros((tokens.shape[0], settings.max_new if record_logits else 0, first.shape[-1]))
@@ -277,7 +277,7 @@ def _sample_loop(model, params, tokens, lengths, settings, key, record_logits):
   return buf, trace
 
 
-def _beam_loop(model, params, tokens, lengths, settings):
+def _beam_loop(model, params, tokens, lengths, settings, cond):
   """Beam search: each row keeps `beam_size` hypotheses ranked by their sum of
   log-probabilities; a finished one extends only by PAD (at no cost) and keeps its
   slot. Every per-hypothesis array (the generator's caches, the buffer, the seen
@@ -285,7 +285,7 @@ def _beam_loop(model, params, tokens, lengths, settings):
   hypothesis of highest score / ((5 + n) / 6) ** length_penalty (GNMT), n its new
   tokens counting the one that stopped it."""
   b, k = tokens.shape[0], settings.beam_size
-  logits0, state = incremental.prefill(model, params, tokens, lengths)
+  logits0, state = incremental.prefill(model, params, tokens, lengths, cond)
   widen = lambda x: jnp.repeat(x, k, axis=0)                  # [B, ...] -> [B*K, ...]
   state, buf, lens = jax.tree.map(widen, state), widen(tokens), widen(lengths)
   logits = widen(logits0[jnp.arange(b), lengths])
@@ -327,13 +327,15 @@ def _beam_loop(model, params, tokens, lengths, settings):
 
 @functools.partial(jax.jit, static_argnames=("model", "settings", "record_logits"))
 def generate(model: LM, params, tokens, lengths, key, settings: DecodeSettings,
-             record_logits: bool = False):
+             record_logits: bool = False, cond=None):
   """tokens [B, S] (prompts right-padded), lengths [B] -> (buffer [B, S] with the new
   tokens after each prompt and PAD after a row stops, logits [B, max_new, V] of
-  each step when `record_logits` (sampling strategies only), else None)."""
+  each step when `record_logits` (sampling strategies only), else None). `cond`:
+  a conditioned model's inputs, one row per prompt (LM.encode); the memory's
+  keys and values are computed once, at prefill."""
   if settings.strategy == "beam":
-    return _beam_loop(model, params, tokens, lengths, settings), None
-  buf, trace = _sample_loop(model, params, tokens, lengths, settings, key, record_logits)
+    return _beam_loop(model, params, tokens, lengths, settings, cond), None
+  buf, trace = _sample_loop(model, params, tokens, lengths, settings, key, record_logits, cond)
   return buf, (trace if record_logits else None)
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mgm.model import segment
+from mgm.nn import cross_attention
 from mgm.nn.span import SPANS
 
 # Dense bf16 peak FLOP/s from datasheets (no sparsity).
@@ -65,6 +66,24 @@ def forward_flops_per_sequence(spec, seq_len: int, executed: bool = False) -> fl
       if level.aux_loss:
         total += 2 * level.width * spec.vocab_size * positions[i]
   total += 2 * levels[-1].width * spec.vocab_size * seq_len              # unembedding
+  return total + conditioning_flops(spec, positions)
+
+
+def conditioning_flops(spec, positions) -> float:
+  """Forward FLOPs of one sequence's encoders, fusion and cross-attention
+  (`positions`: each level's positions, coarsest first); 0 without encoders."""
+  if not spec.encoders:
+    return 0.0
+  total = sum(e.encoder_kind.flops(e) for e in spec.encoders)
+  lengths = [e.encoder_kind.memory_len(e) for e in spec.encoders]
+  if spec.fusion:
+    total += spec.fusion_kind.flops([e.width for e in spec.encoders], lengths,
+                                    spec.fused_width)
+  m, dm = spec.memory_len, spec.fused_width
+  for level, n in zip(spec.levels, positions):
+    if level.cross_attention:
+      total += level.depth * (n * cross_attention.flops_per_query(level.width, m)
+                              + cross_attention.flops_per_memory(level.width, dm, m))
   return total
 
 

@@ -36,7 +36,8 @@ class Setup:
     init = placement.jit(lambda rng: init_state(model, tx, rng, shape),
                          out_shardings=placement.state)
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
-               placement.train_step(make_train_step(model, tx, config.train.grad_accum)),
+               placement.train_step(make_train_step(model, tx, config.train.grad_accum,
+                                                    config.train.label_smoothing)),
                placement.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 

@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
-from mgm.model.lm import LM
+from mgm.model.lm import LM, example_cond
 from mgm.train import init_params, init_state, make_optimizer, make_train_step, param_count
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -199,12 +199,15 @@ class Placement:
     return self.jit(eval_fn, in_shardings=(self.state.params, self.batch),
                     out_shardings=self.replicated)
 
-  def abstract_batch(self, seq_len: int) -> dict:
-    """The batch as ShapeDtypeStructs (what the pipeline yields, globally)."""
-    shape = (self.batch_size, seq_len)
-    struct = lambda dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch)
+  def abstract_batch(self, seq_len: int, spec=None) -> dict:
+    """The batch as ShapeDtypeStructs (what the pipeline yields, globally), with
+    the conditioning inputs the encoders of model `spec` read."""
+    struct = lambda dtype, shape=(self.batch_size, seq_len): jax.ShapeDtypeStruct(
+        shape, dtype, sharding=self.batch)
+    cond = example_cond(spec, self.batch_size) if spec is not None else None
     return {"tokens": struct(np.int32), "segment_ids": struct(np.int32),
-            "mask": struct(np.float32)}
+            "mask": struct(np.float32),
+            **{k: struct(v.dtype, v.shape) for k, v in (cond or {}).items()}}
 
   def data_shard(self) -> tuple[int, int]:
     """(index, count): this process reads part `index` of `count` of every global
@@ -285,10 +288,11 @@ def aot_memory_report(config, mesh: Mesh) -> dict:
   model = LM(spec_lib.from_config(config.model), config.data.packing)
   tx, _ = make_optimizer(config.train)
   placement = make_placement(config, model, tx, mesh)
-  step = placement.train_step(make_train_step(model, tx, config.train.grad_accum))
+  step = placement.train_step(make_train_step(model, tx, config.train.grad_accum,
+                                              config.train.label_smoothing))
   start = time.perf_counter()
-  compiled = step.lower(placement.abstract_state, placement.abstract_batch(config.data.seq_len)
-                        ).compile()
+  compiled = step.lower(placement.abstract_state, placement.abstract_batch(config.data.seq_len,
+                                                                   model.spec)).compile()
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           - mem.alias_size_in_bytes)

@@ -1,4 +1,5 @@
 """Train state, pure train/eval steps, and the optimizer."""
+import functools
 from typing import Any
 
 import flax
@@ -7,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgm.model.lm import LM, token_loss
+from mgm.model.lm import LM, conditioning, example_cond, token_loss
 
 
 @flax.struct.dataclass
@@ -43,8 +44,11 @@ def _decay_mask(params):
 
 
 def init_params(model: LM, rng, batch_shape):
-  """Boxed (logically partitioned) parameters for tokens of `batch_shape`."""
-  return model.init(rng, jnp.zeros(batch_shape, jnp.int32), return_aux=True)["params"]
+  """Boxed (logically partitioned) parameters for tokens of `batch_shape` (and the
+  encoders' inputs of as many rows)."""
+  cond = example_cond(model.spec, batch_shape[0])
+  return model.init(rng, jnp.zeros(batch_shape, jnp.int32), return_aux=True,
+                    cond=cond)["params"]
 
 
 def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
@@ -54,12 +58,17 @@ def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
                     nonfinite_in_a_row=zero)
 
 
-def loss_fn(params, model: LM, batch):
-  """L = token cross-entropy + sum_i lambda_i L_i (per-level auxiliary losses)."""
+def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0):
+  """L = token cross-entropy (with `label_smoothing`, Szegedy et al. 2016 §7, if
+  > 0) + sum_i lambda_i L_i (per-level auxiliary losses). The token loss is over
+  the batch's mask: a paired batch's target tokens only. metrics['loss'] is the
+  plain cross-entropy whatever the smoothing."""
   logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
-                            return_aux=True)
+                            return_aux=True, cond=conditioning(batch))
   token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
   total = token_ce
+  if label_smoothing:
+    total = smoothed_token_loss(logits, batch["tokens"], batch["mask"], label_smoothing)
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
       total = total + level.aux_weight * aux[f"aux_{i}"]
@@ -80,11 +89,20 @@ def micro_batches(batch, accum: int):
   return jax.tree.map(split, batch)
 
 
-def accumulated_grads(params, model: LM, batch, accum: int):
+def smoothed_token_loss(logits, tokens, mask, smoothing: float):
+  """Masked mean cross-entropy against (1 - smoothing) one-hot + smoothing uniform."""
+  vocab = logits.shape[-1]
+  labels = optax.smooth_labels(jax.nn.one_hot(tokens, vocab), smoothing)
+  ce = optax.softmax_cross_entropy(logits, labels)
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0):
   """Loss, metrics and gradients of the global batch, computed `accum` micro-batches
   at a time (activation memory / accum). Each micro-batch is weighted by its share
   of the batch's tokens, so the token loss and its gradient equal one pass's."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing),
+                               has_aux=True)
   if accum == 1:
     (total, metrics), grads = grad_fn(params, model, batch)
     return total, metrics, grads
@@ -104,12 +122,13 @@ def accumulated_grads(params, model: LM, batch, accum: int):
   return total, metrics, grads
 
 
-def make_train_step(model: LM, tx, grad_accum: int = 1):
+def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0):
   """(state, batch) -> (state, metrics); pure, for jax.jit. `grad_accum` > 1 runs
   the batch as that many micro-batches and applies one update."""
 
   def train_step(state: TrainState, batch):
-    total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum)
+    total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum,
+                                              label_smoothing)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     # Refuse the update (keep params and optimizer state) when units overflow
@@ -134,7 +153,7 @@ def make_eval_step(model: LM):
   """(params, batch) -> (sum of nats, token count): sums, so batches add up exactly."""
 
   def eval_step(params, batch):
-    logits = model.apply({"params": params}, batch["tokens"])
+    logits = model.apply({"params": params}, batch["tokens"], cond=conditioning(batch))
     loss, count = token_loss(logits, batch["tokens"], batch["mask"])
     return loss * count, count
 

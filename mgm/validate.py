@@ -188,6 +188,10 @@ def _validate_train(train):
   if train.min_lr_ratio > 1.0:
     raise ConfigError("train.min_lr_ratio", f"{train.min_lr_ratio} > 1 would decay the "
                       "learning rate upwards; use a fraction of train.lr in [0, 1]")
+  smoothing = train.label_smoothing
+  if not _is_number(smoothing) or not 0.0 <= smoothing < 1.0:
+    raise ConfigError("train.label_smoothing", f"must lie in [0, 1) (0 = off), got "
+                      f"{smoothing!r}")
 
 
 def _validate_checkpoint(ckpt, train):

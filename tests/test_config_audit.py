@@ -47,6 +47,9 @@ BAD = {
     "mesh.tensor": [-2],
     "model.attention_impl": ["flash"],
     "model.dtype": ["float8"],
+    "model.fusion": ["concat"],                # no encoders to fuse
+    "model.memory_width": [-1],
+    "model.levels[0].cross_attention": [True, "yes"],   # True: no encoders
     "model.levels[0].aux_loss": ["bag"],       # the token level has the token loss
     "model.levels[0].aux_weight": [-1.0],
     "model.levels[0].depth": [-1],
@@ -93,6 +96,7 @@ BAD = {
     "train.grad_clip": [0.0],
     "train.log_every": [0],
     "train.lr": [0.0],
+    "train.label_smoothing": [1.0, -0.1],
     "train.max_nonfinite_in_a_row": [-1],
     "train.min_lr_ratio": [-0.1, 1.5],
     "train.steps": [0],

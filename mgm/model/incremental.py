@@ -17,6 +17,10 @@ position, and a written EOS starts a document: the next token's input is BOS
 and every level's next unit (EOS closed them all) gets the start vector. With
 packing 'none' there is one document and positions are slot indices.
 
+Conditioned models: a level with cross_attention keeps, per generator block,
+the keys and values of the memory (and its padding mask), projected once at
+prefill and read at every step ('cross' in the token state and each level's).
+
 `prefill` builds the state from one teacher-forced pass over right-padded
 prompts; `step` absorbs one token per row and returns the next logits.
 Incremental logits equal the teacher-forced ones (tests/test_decode.py).
@@ -101,11 +105,13 @@ def unit_keys(level, j, lv, slots: int):
   return (jnp.zeros_like(j), mask), at_j(lv["pos_of_slot"])[:, 0]
 
 
-def run_stack(fn, x, caches, index, mask, pos):
-  """One step of a stack: x [B, D] at slot `index` [B] -> (y [B, D], caches)."""
+def run_stack(fn, x, caches, index, mask, pos, cross=None):
+  """One step of a stack: x [B, D] at slot `index` [B] -> (y [B, D], caches);
+  `cross`: the memory keys and values of its blocks (cross-attending levels)."""
   if fn is None:
     return x, caches
-  y, caches = fn(x[:, None], pos[:, None], caches=caches, index=index, key_mask=mask)
+  y, caches = fn(x[:, None], pos[:, None], caches=caches, index=index, key_mask=mask,
+                 memory=cross)
   return y[:, 0], caches
 
 
@@ -121,15 +127,26 @@ def _caches_from(sown, name, level, depth, batch):
           for j in range(depth)]
 
 
-def prefill(model: LM, params, tokens, lengths):
-  """One teacher-forced pass over right-padded prompts tokens [B, S] of lengths [B].
+def _cross_from(sown, name, level, memory):
+  """Per generator block of a cross-attending level, the memory keys and values
+  it sowed with the memory's mask; None for other levels."""
+  if not level.cross_attention:
+    return None
+  return [{**sown[name][f"block_{j}"]["cross_attention"]["cross"][0], "mask": memory["mask"]}
+          for j in range(level.depth)]
+
+
+def prefill(model: LM, params, tokens, lengths, cond=None, memory=None):
+  """One teacher-forced pass over right-padded prompts tokens [B, S] of lengths [B]
+  (and the conditioning inputs `cond` of a model with encoders, or its memory
+  dict itself; see LM.forward).
 
   Returns (logits [B, S, V], state): logits[b, lengths[b]] is the next-token
   prediction, and `state` continues from there.
   """
   levels = model.levels
   n, (b, s) = len(levels), tokens.shape
-  out, variables = model.apply({"params": params}, tokens, method=LM.forward,
+  out, variables = model.apply({"params": params}, tokens, cond, memory, method=LM.forward,
                                mutable=["intermediates"])
   sown, parts, seg = variables["intermediates"], Parts(model, params), out["seg"]
   rows, valid = jnp.arange(b), jnp.arange(s)[None] < lengths[:, None]
@@ -142,6 +159,7 @@ def prefill(model: LM, params, tokens, lengths):
       "prev": jnp.where(lengths > 0, tokens[rows, last], BOS),
       "tok_pre": _caches_from(sown, f"pre_{n - 1}", levels[-1], levels[-1].pre_layers, b),
       "tok_gen": _caches_from(sown, f"level_{n - 1}", levels[-1], levels[-1].depth, b),
+      "tok_cross": _cross_from(sown, f"level_{n - 1}", levels[-1], out["memory"]),
       "tok_unit": seg.unit_of_token[-1] if n > 1 else jnp.zeros((b, s), jnp.int32),
       "tok_doc": docs[-1][0],
       "doc_start": (at - docs[-1][1][rows, at]).astype(jnp.int32),
@@ -159,6 +177,7 @@ def prefill(model: LM, params, tokens, lengths):
     state["levels"].append({
         "pre": _caches_from(sown, f"pre_{i}", level, level.pre_layers, b),
         "gen": _caches_from(sown, f"level_{i}", level, level.depth, b),
+        "cross": _cross_from(sown, f"level_{i}", level, out["memory"]),
         "closed": closed[i],
         "len": (lengths - 1 - last_bound).astype(jnp.int32),
         "acc": level.pool_kind.from_prefix(children, member, scores, first_member,
@@ -241,7 +260,7 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
     write_at = jnp.where(close, closed, parent_of_slot.shape[1])
-    return run_stack(parts.stack("gen", i), x, caches, write_at, mask, pos)
+    return run_stack(parts.stack("gen", i), x, caches, write_at, mask, pos, lv["cross"])
 
   ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
   ctx = jnp.where(close[:, None], ctx, lv["ctx"])
@@ -282,9 +301,11 @@ def step(model: LM, params, state, token):
   x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
   x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, lvs[-1]["len"])
   mask, pos = token_keys(model, nxt, tok_unit, tok_doc, doc_start, slots)
-  out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos)
+  out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos,
+                           state["tok_cross"])
   logits = parts.logits(out[:, None])[:, 0]
   new_state = {"t": t + 1, "prev": token, "tok_pre": tok_pre, "tok_gen": tok_gen,
+               "tok_cross": state["tok_cross"],
                "tok_unit": tok_unit, "tok_doc": tok_doc, "doc_start": doc_start,
                "levels": lvs}
   return logits, new_state

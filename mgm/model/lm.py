@@ -19,6 +19,12 @@ positions restart at its first element, its first element's shifted input is
 the start vector (BOS at the token level) rather than the previous document's
 last unit, and units never span two documents (`segment.document_levels`).
 So a document's logits do not depend on what was packed before it.
+
+Conditioning (`spec.encoders`): the encoders read the inputs `cond` names
+({'image': uint8 [B, H, W, C], 'source': int32 [B, S]}), the fusion makes one
+memory [B, M, D_m] of theirs, and every level with `cross_attention` reads it
+in each generator block. Without encoders it is the same model with no
+memory.
 """
 import dataclasses
 
@@ -27,13 +33,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgm.data.tokenizer import BOS
+from mgm.data.tokenizer import BOS, PAD
 from mgm.model import segment as seg_lib
 from mgm.model.spec import ModelSpec
 from mgm.nn.layers import Embed, Linear, RMSNorm
 from mgm.nn.pooling import Pool
 from mgm.nn.span import SPANS
 from mgm.nn.transformer import ACTIVATION, Stack
+
+
+CONDITIONING = ("image", "source")   # batch keys the encoders read (mgm/data/paired.py)
+
+
+def conditioning(batch: dict) -> dict | None:
+  """The conditioning inputs of a batch ({'image': ..., 'source': ...}), None if none."""
+  cond = {k: batch[k] for k in CONDITIONING if k in batch}
+  return cond or None
+
+
+def example_cond(spec: ModelSpec, batch: int) -> dict | None:
+  """Zero conditioning inputs of the shapes the encoders read (for init), None
+  without encoders: image uint8 [B, H, W, C], source int32 [B, S] of PAD."""
+  cond = {}
+  for e in spec.encoders:
+    if e.encoder_kind.input == "image":
+      cond["image"] = jnp.zeros((batch, e.image_size, e.image_size, e.channels), jnp.uint8)
+    else:
+      cond["source"] = jnp.full((batch, e.max_len), PAD, jnp.int32)
+  return cond or None
 
 
 def shift_right(x, first):
@@ -97,6 +124,10 @@ class LM(nn.Module):
     self.aux_heads = {i: Linear((l.width, spec.vocab_size), ("embed", "vocab"),
                                 dtype=dtype, name=f"aux_head_{i}")     # bnd,dv->bnv
                       for i, l in enumerate(coarse) if l.aux_loss}
+    self.encoders = [e.encoder_kind.module(e, dtype, name=f"encoder_{k}")
+                     for k, e in enumerate(spec.encoders)]
+    self.fusion = (spec.fusion_kind.module(spec.fused_width, dtype, name="fusion")
+                   if spec.encoders and spec.fusion else None)
     self.final_norm = RMSNorm(dtype=dtype, name="final_norm")
     self.unembed = Linear((levels[-1].width, spec.vocab_size), ("embed", "vocab"),
                           dtype=dtype, name="unembed")                 # btd,dv->btv
@@ -147,9 +178,10 @@ class LM(nn.Module):
     inner = 1 if i + 1 == n - 1 else seg_lib.fixed_patch(levels[:-1], i + 1)
     return outer // inner if outer and inner else None
 
-  def _run(self, stack, i, x, seg, docs: DocPositions | None):
+  def _run(self, stack, i, x, seg, docs: DocPositions | None, memory=None):
     """Run a level-i stack over x [B, L, D] with that level's attention layout
-    (and, given `docs`, within each document at document positions)."""
+    (and, given `docs`, within each document at document positions); `memory`
+    for a generator that cross-attends."""
     if stack is None:
       return x
     b, length, width = x.shape
@@ -157,11 +189,12 @@ class LM(nn.Module):
       p = self._token_patch()
       patches = x.reshape(b * length // p, p, width)
       pos = jnp.broadcast_to(jnp.arange(p), patches.shape[:2])
-      return stack(patches, pos).reshape(b, length, width)
+      return stack(patches, pos, memory=memory).reshape(b, length, width)
     unit_ids = seg.parents(i - 1) if self.levels[i].span_kind.within_parent else None
     if docs is None:
-      return stack(x, jnp.broadcast_to(jnp.arange(length), (b, length)), unit_ids)
-    return stack(x, docs.pos, unit_ids, doc_ids=docs.ids)
+      return stack(x, jnp.broadcast_to(jnp.arange(length), (b, length)), unit_ids,
+                   memory=memory)
+    return stack(x, docs.pos, unit_ids, doc_ids=docs.ids, memory=memory)
 
   def _doc_layouts(self, tokens, seg):
     """Per level (coarsest first, tokens last), its DocPositions; Nones without
@@ -182,19 +215,40 @@ class LM(nn.Module):
 
   # -- forward ---------------------------------------------------------------
 
-  def __call__(self, tokens, mask=None, return_aux: bool = False):
-    """tokens: [B, T] int -> logits [B, T, V] float32 (and aux terms if asked)."""
-    out = self.forward(tokens)
+  def encode(self, cond: dict) -> dict:
+    """The conditioning inputs -> the memory {'x': [B, M, D_m], 'mask': [B, M] bool}.
+    Raises ValueError naming an input the encoders need and `cond` lacks."""
+    memories = []
+    for spec, encoder in zip(self.spec.encoders, self.encoders):
+      name = spec.encoder_kind.input
+      if name not in cond:
+        raise ValueError(f"the model's {spec.kind} encoder reads {name!r}; the batch has "
+                         f"{sorted(cond)}")
+      memories.append(encoder(cond[name]))                   # ([B, M_k, W_k], [B, M_k])
+    x, mask = self.fusion(memories) if self.fusion is not None else memories[0]
+    x = nn.with_logical_constraint(x, ACTIVATION)
+    return {"x": x, "mask": mask}
+
+  def __call__(self, tokens, mask=None, return_aux: bool = False, cond=None):
+    """tokens: [B, T] int -> logits [B, T, V] float32 (and aux terms if asked);
+    `cond`: the conditioning inputs of a model with encoders (see `encode`)."""
+    out = self.forward(tokens, cond)
     if not return_aux:
       return out["logits"]
     mask = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
     return out["logits"], self._aux_terms(tokens, mask, out["seg"], out["contexts"])
 
-  def forward(self, tokens):
+  def forward(self, tokens, cond=None, memory=None):
     """The teacher-forced pass, with what the decoder's prefill needs:
     logits, per-level down vectors and contexts, the segmentation, and the
-    per-level DocPositions (Nones without document_mask)."""
+    per-level DocPositions (Nones without document_mask). The memory is
+    encoded from `cond`, or given as a memory dict (tests)."""
     levels, n = self.levels, len(self.levels)
+    if self.spec.encoders and memory is None:
+      if cond is None:
+        raise ValueError("a model with encoders needs its conditioning inputs `cond` "
+                         f"({', '.join(self.spec.inputs)})")
+      memory = self.encode(cond)
     b, t = tokens.shape
     seg = seg_lib.segment(tokens, levels[:-1], t, documents=self.document_mask)
     sizes = list(seg.max_units) + [t]
@@ -220,11 +274,12 @@ class LM(nn.Module):
       if ctx is not None:
         x = x + self._upsample(ctx, i, seg)
       ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg,
-                      docs[i])
+                      docs[i], memory if levels[i].cross_attention else None)
       contexts.append(ctx)
 
     logits = self.logits(ctx)
-    return {"logits": logits, "down": down, "contexts": contexts, "seg": seg, "docs": docs}
+    return {"logits": logits, "down": down, "contexts": contexts, "seg": seg, "docs": docs,
+            "memory": memory}
 
   def logits(self, x):
     """Token-level outputs [B, T, D] -> logits [B, T, V] float32."""

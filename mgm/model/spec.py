@@ -47,7 +47,12 @@ class LevelSpec:
   each is parsed once, here, into its registered kind object (`span_kind`,
   `units_kind`, `pool_kind`, `upsample_kind`, `mixer_kind`), which the modules,
   the decoder and the FLOPs count use. A bad string raises KindError naming
-  the field."""
+  the field.
+
+  `cross_attention` adds a cross-attention sub-layer into the fused memory of
+  the model's encoders to every block of the level's generator (not its
+  pre-layers): conditioned on the coarsest level only, the cost is a few
+  queries per sentence (mgm/nn/cross_attention.py)."""
   width: int
   depth: int
   heads: int
@@ -61,6 +66,7 @@ class LevelSpec:
   aux_loss: str = ""           # '' | bag | first
   aux_weight: float = 0.0
   mixer: str = "attention"     # attention | lstm | gru | conv:K (mgm/nn/mixers.py)
+  cross_attention: bool = False  # its generator blocks read the encoders' memory
   span_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
   units_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
   pool_kind: Any = dataclasses.field(init=False, repr=False, compare=False)
@@ -89,6 +95,34 @@ class ModelSpec:
   remat_policy: str = "full"      # full | save_dots (mgm/nn/transformer.py)
   dtype: str = "float32"
   attention_impl: str = "auto"    # auto | xla | cudnn (mgm/nn/attention.py)
+  encoders: tuple = ()            # EncoderSpecs (mgm/nn/encoders.py); () = unconditioned
+  fusion: str = ""                # '' (one encoder, its memory as is) | concat | gated
+                                  # | attention:K (mgm/nn/fusion.py)
+  memory_width: int = 0           # the fused memory's width (0: the widest encoder's)
+
+  @property
+  def fusion_kind(self):
+    """The fusion kind object, None without fusion."""
+    from mgm.nn.fusion import FUSION
+    return FUSION.parse(self.fusion) if self.fusion else None
+
+  @property
+  def fused_width(self) -> int:
+    """Width of the memory the cross-attention reads."""
+    if not self.fusion:
+      return self.encoders[0].width
+    return self.memory_width or max(e.width for e in self.encoders)
+
+  @property
+  def memory_len(self) -> int:
+    """Slots M of the memory the cross-attention reads."""
+    lengths = [e.encoder_kind.memory_len(e) for e in self.encoders]
+    return self.fusion_kind.memory_len(lengths) if self.fusion else lengths[0]
+
+  @property
+  def inputs(self) -> tuple[str, ...]:
+    """The conditioning inputs the encoders read ('image', 'source'), sorted."""
+    return tuple(sorted({e.encoder_kind.input for e in self.encoders}))
 
   @property
   def compute_dtype(self):
@@ -137,6 +171,9 @@ def level_from_config(cfg, i, coarse: bool) -> LevelSpec:
     raise ConfigError(f"{field}.{e.field}", str(e)) from None
   for name in ("pre_layers", "max_len", "max_units"):
     _non_negative(getattr(level, name), f"{field}.{name}")
+  if not isinstance(level.cross_attention, bool):
+    raise ConfigError(f"{field}.cross_attention", f"must be True or False, got "
+                      f"{level.cross_attention!r}")
   if level.aux_loss not in AUX_LOSSES:
     raise ConfigError(f"{field}.aux_loss", f"unknown auxiliary loss {level.aux_loss!r}; "
                       f"one of {AUX_LOSSES}")
@@ -212,14 +249,52 @@ def from_config(model_cfg) -> ModelSpec:
   if model_cfg.remat_policy not in REMAT_POLICIES:
     raise ConfigError("model.remat_policy", f"{model_cfg.remat_policy!r}; use one of "
                       f"{tuple(REMAT_POLICIES)}")
+  levels = tuple(level_from_config(l, i, coarse=i < len(levels) - 1)
+                 for i, l in enumerate(levels))
+  encoders = encoders_from_config(model_cfg, levels)
   return ModelSpec(
-      vocab_size=model_cfg.vocab_size,
-      levels=tuple(level_from_config(l, i, coarse=i < len(levels) - 1)
-                   for i, l in enumerate(levels)),
+      vocab_size=model_cfg.vocab_size, levels=levels, encoders=encoders,
+      fusion=model_cfg.get("fusion", ""),
+      memory_width=model_cfg.get("memory_width", 0),
       mlp_ratio=model_cfg.mlp_ratio, rope_base=float(model_cfg.rope_base),
       qk_norm=bool(model_cfg.qk_norm), remat=bool(model_cfg.remat),
       remat_policy=model_cfg.remat_policy, dtype=model_cfg.dtype,
       attention_impl=model_cfg.attention_impl)
+
+
+def encoders_from_config(model_cfg, levels) -> tuple:
+  """model.encoders (a list) -> EncoderSpecs, checked against the levels'
+  cross_attention and model.fusion / model.memory_width: a memory nobody reads,
+  or cross-attention with no memory, is refused naming the field."""
+  configs = list(model_cfg.get("encoders", None) or ())
+  reading = [i for i, l in enumerate(levels) if l.cross_attention]
+  fusion = model_cfg.get("fusion", "")
+  _non_negative(model_cfg.get("memory_width", 0), "model.memory_width")
+  if fusion and not configs:
+    raise ConfigError("model.fusion", f"{fusion!r} fuses the memories of model.encoders, "
+                      "and there are none; add encoders or set model.fusion=''")
+  if not configs:
+    if reading:
+      raise ConfigError(f"model.levels[{reading[0]}].cross_attention", "the model has no "
+                        "encoders, so there is no memory to attend to; add model.encoders "
+                        "(configs/caption.py, configs/seq2seq.py) or set it False")
+    return ()
+  from mgm.nn.encoders import encoder_from_config
+  from mgm.nn.fusion import FUSION
+  encoders = tuple(encoder_from_config(c, i) for i, c in enumerate(configs))
+  if len(encoders) > 1 and not fusion:
+    raise ConfigError("model.fusion", f"{len(encoders)} encoders need a fusion of their "
+                      f"memories; use one of {FUSION.names()}")
+  try:
+    if fusion:
+      FUSION.parse(fusion)
+  except KindError as e:
+    raise ConfigError("model.fusion", str(e)) from None
+  if not reading:
+    raise ConfigError("model.levels[0].cross_attention", "the model has encoders but no "
+                      "level reads their memory; set cross_attention=True on a level "
+                      "(the coarsest is the cheapest)")
+  return encoders
 
 
 def check_attention_impl(impl: str, dtype: str):

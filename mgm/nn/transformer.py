@@ -1,8 +1,10 @@
 """Pre-norm blocks (a mixer, then an MLP) and a causal stack of them.
 
-A block is x + Mixer(Norm(x)), then + MLP(Norm(x)); the mixer is the level's
-kind (mgm/nn/mixers.py: attention, lstm, gru, conv). Blocks and stacks are
-configured by the ModelSpec (shared settings) and the LevelSpec as run.
+A block is x + Mixer(Norm(x)), then, on a level with `cross_attention`,
++ CrossAttention(Norm(x), memory) (mgm/nn/cross_attention.py), then
++ MLP(Norm(x)); the mixer is the level's kind (mgm/nn/mixers.py: attention,
+lstm, gru, conv). Blocks and stacks are configured by the ModelSpec (shared
+settings) and the LevelSpec as run.
 """
 from typing import Any
 
@@ -10,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mgm.nn.cross_attention import CrossAttention
 from mgm.nn.layers import Dtype, Linear, RMSNorm
 
 ACTIVATION = ("batch", "length", "embed")
@@ -30,7 +33,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Mixer(Norm(x)), then + MLP(Norm(x)). `spec`: the ModelSpec; `level`:
+  """x + Mixer(Norm(x)) [+ CrossAttention(Norm(x), memory)], then + MLP(Norm(x)).
+  `spec`: the ModelSpec; `level`:
   the LevelSpec as run; `span`: the span kind the mixer honours (a level whose
   parents are fixed patches runs on patches with span full); `unit_window`:
   the longest parent unit, for span parent over delimiter units."""
@@ -41,8 +45,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, doc_ids=None, cache=None, index=None,
-               key_mask=None):
-    """Teacher-forced -> x; incremental (`cache`, see mgm/nn/mixers.py) -> (x, cache)."""
+               key_mask=None, memory=None):
+    """Teacher-forced -> x; incremental (`cache`, see mgm/nn/mixers.py) -> (x, cache).
+    `memory`: what the cross-attention reads (see mgm/nn/cross_attention.py);
+    required on a level with cross_attention, ignored elsewhere."""
     dtype, mixer = self.spec.compute_dtype, self.level.mixer_kind
     h = RMSNorm(dtype=dtype, name="attn_norm")(x)
     layer = mixer.layer(self.level.width, self.level.heads, self.span, self.unit_window,
@@ -52,6 +58,10 @@ class Block(nn.Module):
     else:
       out, cache = layer(h, positions, cache=cache, index=index, key_mask=key_mask)
       x = x + out
+    if self.level.cross_attention:
+      h = RMSNorm(dtype=dtype, name="cross_norm")(x)
+      x = x + CrossAttention(self.level.width, self.level.heads, self.spec.qk_norm, dtype,
+                             name="cross_attention")(h, memory)
     h = RMSNorm(dtype=dtype, name="mlp_norm")(x)
     width = self.level.width
     x = x + MLP(width, width * self.spec.mlp_ratio, dtype, name="mlp")(h)
@@ -77,17 +87,21 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, caches=None, index=None, key_mask=None,
-               doc_ids=None):
+               doc_ids=None, memory=None):
     """Teacher-forced -> x; incremental (`caches`: one per block) -> (x, caches).
-    `doc_ids` [B, T]: every mixer stays within each document."""
+    `doc_ids` [B, T]: every mixer stays within each document. `memory` (levels with
+    cross_attention): one memory dict for every block, or, incremental, a list
+    of one per block (their projected keys and values)."""
     remat = self.spec.remat and caches is None
     block = nn.remat(Block, policy=REMAT_POLICIES[self.spec.remat_policy]) if remat else Block
     new_caches = []
     for i in range(self.depth):
       layer = block(self.spec, self.level, self.span, self.unit_window, name=f"block_{i}")
+      mem = memory[i] if isinstance(memory, (list, tuple)) else memory
       if caches is None:
-        x = layer(x, positions, unit_ids, doc_ids)
+        x = layer(x, positions, unit_ids, doc_ids, memory=mem)
       else:
-        x, cache = layer(x, positions, cache=caches[i], index=index, key_mask=key_mask)
+        x, cache = layer(x, positions, cache=caches[i], index=index, key_mask=key_mask,
+                         memory=mem)
         new_caches.append(cache)
     return x if caches is None else (x, new_caches)
