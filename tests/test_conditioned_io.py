@@ -182,8 +182,10 @@ def test_caption_scores_use_every_reference():
                            "two green triangles left of a star"], refs)
   assert scores["exact_match"] == 100 and scores["bleu"] == pytest.approx(100)
   assert scores["chrf"] == pytest.approx(100)
-  only_first = cider_d(["a red circle above a blue square"], [refs[0][:1]])
-  assert scores["cider"] > 0 and only_first == 0.0
+  # CIDEr-D averages over an image's references: image 1's hypothesis is its second
+  # reference (similarity 1 at each order; "a", in both images, weighs nothing) and
+  # shares nothing with its first (0): 10 * (1 + 0) / 2. Image 2: 10.
+  assert scores["cider"] == pytest.approx((5 + 10) / 2)
 
 
 def test_cider_d_matches_a_value_worked_out_by_hand():
@@ -233,17 +235,25 @@ def _red_pixels(path) -> int:
   return int((np.abs(pixels - [214, 39, 40]).sum(-1) < 30).sum())
 
 
+def _cells(columns: int, rows: int) -> tuple[int, int]:
+  """Pixel size of a grid of columns x rows cells."""
+  return round(columns * CELL_INCHES[0] * DPI), round(rows * CELL_INCHES[1] * DPI)
+
+
 def test_caption_grid_is_a_png_of_one_cell_per_image_with_wrong_captions_marked(tmp_path):
   images = np.zeros((6, 16, 16, 3), np.uint8)
   refs = [[f"caption {i}"] for i in range(6)]
   right = caption_grid(images, [r[0] for r in refs], refs, str(tmp_path / "right.png"))
   width, height = Image.open(right).size
-  assert (width, height) == (4 * CELL_INCHES[0] * DPI, 2 * CELL_INCHES[1] * DPI)
+  assert (width, height) == _cells(4, 2)
   assert _red_pixels(right) == 0
   wrong = caption_grid(images, ["caption 0", "wrong", *[r[0] for r in refs[2:]]], refs,
                        str(tmp_path / "wrong.png"))
   assert _red_pixels(wrong) > 100
   gray = caption_grid(np.zeros((3, 16, 16, 1), np.uint8), ["a"] * 3, [["a"]] * 3,
-                      str(tmp_path / "gray.png"), columns=2)
-  assert Image.open(gray).size == (2 * CELL_INCHES[0] * DPI, 2 * CELL_INCHES[1] * DPI)
-  assert sorted(os.listdir(tmp_path)) == ["gray.png", "right.png", "wrong.png"]
+                      str(tmp_path / "gray.png"))            # fewer images than columns
+  assert Image.open(gray).size == _cells(3, 1)
+  narrow = caption_grid(images[:5], ["a"] * 5, [["a"]] * 5, str(tmp_path / "narrow.png"),
+                        columns=2)
+  assert Image.open(narrow).size == _cells(2, 3)
+  assert sorted(os.listdir(tmp_path)) == ["gray.png", "narrow.png", "right.png", "wrong.png"]
