@@ -162,6 +162,12 @@ def base_config():
   c.sample.strategy = "sample"          # greedy | sample | beam
   c.sample.prompt = ""                  # "": the data source's ("= ", or a held-out line)
   c.sample.prompt_file = ""             # or one prompt per line of a UTF-8 file
+  c.sample.image = ""                   # a PNG/JPEG file or a folder of them, to caption (needs
+                                        # an image encoder; mgm/data/images.py reads them)
+  c.sample.source = ""                  # one source text to translate/summarise (needs a text
+                                        # encoder)
+  c.sample.source_file = ""             # or one source per line of a UTF-8 file (a .jsonl: a
+                                        # {"source": ...} per line)
   c.sample.num_samples = 2              # per prompt (1 for greedy and beam: deterministic)
   c.sample.max_new_tokens = 128         # prompt + new tokens <= data.seq_len
   c.sample.min_new_tokens = 0

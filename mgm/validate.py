@@ -37,7 +37,8 @@ BOOLS = ("checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm", "model.r
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
-           "sample.banned", "sample.forced_prefix")
+           "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
+           "sample.source_file")
 # Fields that only mean something for one data source: set with another, refused.
 SOURCE_ONLY = {"data.files": "text", "data.tfds_name": "tfds", "data.tfds_data_dir": "tfds"}
 # Bytes that never occur in UTF-8 text; banning all the others leaves only these.
@@ -144,6 +145,19 @@ def validate(config):
   _validate_units(config, spec)
   _validate_prompts(config, spec, settings)
   _validate_continuations(config)
+  _validate_conditioning(config)
+
+
+def _validate_conditioning(config):
+  """sample.image / sample.source / sample.source_file condition generation through an
+  encoder of their kind; a model with none (model.encoders unset) refuses them. With
+  encoders, mgm/data/images.py's load_images / load_sources read and check them here."""
+  if config.model.get("encoders"):
+    return
+  for field in ("sample.image", "sample.source", "sample.source_file"):
+    if get(config, field):
+      raise ConfigError(field, "this model has no encoder to read it (model.encoders is "
+                        "empty) and generates from text prompts only; leave it empty")
 
 
 def _validate_data(data):

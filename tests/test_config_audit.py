@@ -72,6 +72,7 @@ BAD = {
     "sample.banned": [all_utf8_bytes(), "\udcff"],
     "sample.beam_size": [0],
     "sample.forced_prefix": ["x" * 33, "\udcff"],
+    "sample.image": [3, "shapes/"],            # the tiny model has no image encoder
     "sample.length_penalty": ["1"],
     "sample.max_new_tokens": [0, 64],
     "sample.min_new_tokens": [-1, 33],
@@ -81,6 +82,8 @@ BAD = {
     "sample.repetition_penalty": [0.0, -1.2],
     "sample.no_repeat_ngram_size": [-1, 2.5],
     "sample.seed": [0.5],
+    "sample.source": [3, "a source"],          # nor a text encoder
+    "sample.source_file": [3, "/nonexistent/sources.txt"],
     "sample.stop": [(3,), "\n\n"],
     "sample.stop_at_eos": ["yes"],
     "sample.strategy": ["nucleus"],
