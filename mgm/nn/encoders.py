@@ -373,9 +373,10 @@ class BiLSTM(nn.Module):
     # a loop XLA's cost analysis counts once: unrolled up to mixers.UNROLL_UP_TO steps
     unroll = spec.max_len if spec.max_len <= mixers.UNROLL_UP_TO else 1
     for i in range(spec.depth):
-      forward = nn.RNN(self._cell(), unroll=unroll)
-      backward = nn.RNN(self._cell(), reverse=True, keep_order=True, unroll=unroll)
-      x = nn.Bidirectional(forward, backward, name=f"lstm_{i}")(x, seq_lengths=lengths)
+      # the backward RNN runs reversed within each row's `lengths` (flax flips
+      # each sequence up to its length), so it starts at the last real byte
+      x = nn.Bidirectional(nn.RNN(self._cell(), unroll=unroll), nn.RNN(self._cell(), unroll=unroll),
+                           name=f"lstm_{i}")(x, seq_lengths=lengths)
       x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", "length", None))
     x = Linear((2 * spec.width, spec.width), ("mlp", "embed"), dtype=self.dtype, name="proj")(x)
     memory, mask = patch_pool(x, real, spec.patch)
