@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mgm import sharding
 from mgm.errors import ConfigError
+from mgm.kinds import KindError
 from mgm.nn import encoders as enc
 from mgm.nn import mixers
 from mgm.nn.fusion import FUSION
@@ -183,6 +184,14 @@ def test_only_gated_fusion_lets_one_encoders_content_scale_anothers_slots(text):
     assert moved > 1e-4                               # its gate read encoder 1's mean
   else:
     assert moved < 1e-6
+
+
+def test_attention_fusion_takes_a_positive_number_of_queries_64_by_default():
+  assert FUSION.parse("attention").queries == 64 and FUSION.parse("attention:7").queries == 7
+  for bad in ("attention:0", "attention:x", "attention:"):
+    with pytest.raises(KindError, match="positive integer") as error:
+      FUSION.parse(bad)
+    assert error.value.field == "fusion"
 
 
 # -- FLOPs --------------------------------------------------------------------
