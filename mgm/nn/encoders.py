@@ -85,7 +85,7 @@ def encoder_from_config(cfg, i: int) -> EncoderSpec:
                       f"are {sorted(SPEC_FIELDS)}")
   for name in ("kind", "width", "depth"):
     if name not in cfg:
-      raise ConfigError(f"{field}.{name}", f"is missing; every encoder needs kind, width "
+      raise ConfigError(f"{field}.{name}", "is missing; every encoder needs kind, width "
                         "and depth")
   for name in ("width", "depth", "heads", "channels", "mlp_ratio"):
     if name in cfg and not _is_int(cfg[name], 1):
@@ -327,8 +327,10 @@ def patch_pool(x, real, patch: int):
 
 
 def _check_input(spec, x, shape, dtype):
+  """ValueError unless x is dtype [B, *shape] (the data's checks name the field first)."""
   if tuple(x.shape[1:]) != shape or x.dtype != dtype:
-    raise ValueError(f"encoder {spec.kind} takes {jnp.dtype(dtype)} [B, {', '.join(map(str, shape))}], "
+    want = ", ".join(map(str, shape))
+    raise ValueError(f"encoder {spec.kind} takes {jnp.dtype(dtype)} [B, {want}], "
                      f"got {x.dtype} {list(x.shape)}")
 
 
