@@ -18,6 +18,8 @@ from mgm.kinds import KindError
 from mgm.model import segment
 from mgm.model.spec import LevelSpec
 from mgm.model.units import UNITS
+from mgm.nn.encoders import ENCODERS
+from mgm.nn.fusion import FUSION
 from mgm.nn.mixers import MIXERS
 from mgm.nn.pooling import POOLING
 from mgm.nn.span import SPANS
@@ -30,9 +32,11 @@ EXAMPLES = {
     "pool": POOLING.names(),
     "upsample": UPSAMPLING.names(),
     "mixer": ["attention", "lstm", "gru", "conv:2"],
+    "encoder": ENCODERS.names(),
+    "fusion": ["concat", "gated", "attention:4"],
 }
 REGISTRIES = {"units": UNITS, "span": SPANS, "pool": POOLING, "upsample": UPSAMPLING,
-              "mixer": MIXERS}
+              "mixer": MIXERS, "encoder": ENCODERS, "fusion": FUSION}
 
 
 @pytest.mark.parametrize("field", sorted(REGISTRIES))
@@ -43,7 +47,7 @@ def test_every_registered_kind_has_an_example_that_parses_back_to_itself(field):
   assert [str(k) for k in kinds] == list(EXAMPLES[field])
   with pytest.raises(KindError, match="unknown") as error:
     registry.parse("no-such-kind")
-  assert error.value.field == field
+  assert error.value.field == registry.field   # the config field: model.encoders[i].kind
 
 
 def test_a_level_spec_parses_each_kind_once_into_its_object():
