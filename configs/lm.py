@@ -150,6 +150,10 @@ def base_config():
   c.eval.continuations = 0              # held-out sequences continued greedily (0 = off)
   c.eval.prompt_tokens = 64             # each one's first tokens are the prompt,
   c.eval.new_tokens = 32                # the next ones the reference
+  c.eval.examples = 0                   # conditioned models: held-out examples generated from
+                                        # their image/source and scored (exact match, BLEU,
+                                        # chrF, CIDEr, ROUGE; outputs/ in the workdir); 0 = off
+  c.eval.beam_size = 1                  # their decoding: greedy (1) or beam search
 
   c.checkpoint = mlc.ConfigDict()       # also saved at the end and on SIGTERM/SIGINT
   c.checkpoint.every_steps = 100
@@ -219,25 +223,50 @@ def apply_size(c, model, size):
   return c
 
 
+def conditioned_run(c, seq_len: int, steps: int, batch: int, examples: int):
+  """The run settings configs/caption.py and configs/seq2seq.py share: the
+  coarsest level cross-attends, delimiter levels' unit bounds follow the
+  target length, one example a row, held-out generation scored at the end."""
+  c.model.levels[0].cross_attention = True
+  for level in c.model.levels[:-1]:
+    if level.max_units:
+      level.max_units = max(seq_len // (2 if level.units == "word" else 8), 4)
+  c.data.update(seq_len=seq_len, packing="none")
+  c.train.update(steps=steps, batch_size=batch, warmup_steps=max(steps // 20, 1),
+                 eval_every=max(steps // 4, 1), log_every=max(steps // 20, 1))
+  c.checkpoint.every_steps = c.train.eval_every
+  c.eval.update(examples=examples, continuations=0)
+  c.sample.update(strategy="greedy", num_samples=1, max_new_tokens=seq_len - 1)
+  return c
+
+
 PRESETS_HELP = (f"presets are {', '.join(SIZES)} (the flat model) or model=NAME,size=SIZE "
                 f"with NAME one of {', '.join(MODELS)}, e.g. configs/lm.py:model=mgm3,size=demo")
 
 
-def parse_arg(arg):
-  """'demo' or 'model=flat,size=demo' -> (model, size); ValueError (one line naming
-  the valid presets) for anything else."""
-  fields = dict(model="flat", size="demo")
+def parse_preset(arg, choices: dict, file: str, help_text: str) -> dict:
+  """'demo' or 'key=value,...' -> {key: value} for the keys of `choices` ({key:
+  (default, allowed values)}; a bare word is the size); ValueError (one line
+  naming the valid presets) for anything else."""
+  fields = {k: default for k, (default, _) in choices.items()}
   for part in filter(None, (arg or "").split(",")):
     key, eq, value = part.partition("=")
     if not eq:
       key, value = "size", part
     if key not in fields:
-      raise ValueError(f"configs/lm.py: unknown preset key {key!r} in {arg!r}; {PRESETS_HELP}")
+      raise ValueError(f"{file}: unknown preset key {key!r} in {arg!r}; {help_text}")
     fields[key] = value
-  if fields["size"] not in SIZES:
-    raise ValueError(f"configs/lm.py: unknown preset size {fields['size']!r}; {PRESETS_HELP}")
-  if fields["model"] not in MODELS:
-    raise ValueError(f"configs/lm.py: unknown model {fields['model']!r}; {PRESETS_HELP}")
+  for key, (_, allowed) in choices.items():
+    if fields[key] not in allowed:
+      what = "preset size" if key == "size" else key
+      raise ValueError(f"{file}: unknown {what} {fields[key]!r}; {help_text}")
+  return fields
+
+
+def parse_arg(arg):
+  """'demo' or 'model=flat,size=demo' -> (model, size); see parse_preset."""
+  fields = parse_preset(arg, {"model": ("flat", MODELS), "size": ("demo", SIZES)},
+                        "configs/lm.py", PRESETS_HELP)
   return fields["model"], fields["size"]
 
 
