@@ -11,7 +11,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from mgm import batches, checkpoint, evaluation, flops, samples
+from mgm import batches, checkpoint, conditioned, evaluation, flops, samples
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError, WorkdirError
 from mgm.files import MetricsWriter, last_logged, set_aside, write_json
@@ -194,6 +194,8 @@ class Trainer:
     texts = samples.draw(config, setup.model, state.params, step)   # every process: SPMD
     flops.probe_peak()                        # at the end too (see flops.probe_peak)
     summary = {**last_eval, **evaluation.continuation_scores(config, setup.model, state.params),
+               **conditioned.heldout_scores(config, setup.model, state.params, step,
+                                            self.workdir if is_main() else None),
                **self.references,
                "steps": step, "tokens": step * setup.tokens_per_step, "wall_s": self.wall_s(),
                "invocation_tokens": (step - self.start) * setup.tokens_per_step,
@@ -321,7 +323,9 @@ def evaluate(config, workdir) -> dict:
   state, step = _restore_latest(setup, workdir)
   eval_set = batches.eval_set(config, setup.placement)
   result = {"step": step, **evaluation.held_out_loss(setup, state.params, eval_set),
-            **evaluation.continuation_scores(config, setup.model, state.params)}
+            **evaluation.continuation_scores(config, setup.model, state.params),
+            **conditioned.heldout_scores(config, setup.model, state.params, step,
+                                         workdir if is_main() else None)}
   if is_main():
     write_json(os.path.join(workdir, f"eval_step_{step}.json"), result)
   return result

@@ -8,7 +8,7 @@ the field (and the file's line).
 import dataclasses
 import os
 
-from mgm.data import sources
+from mgm.data import paired, sources
 from mgm.errors import ConfigError
 
 DEFAULT_PROMPT_BYTES = 64   # the most a default prompt takes from a held-out document
@@ -30,6 +30,8 @@ def read_prompts(config) -> list[Prompt]:
     return _read_file(cfg.prompt_file)
   if cfg.prompt:
     return [Prompt(cfg.prompt, "sample.prompt", "sample.prompt")]
+  if paired.is_paired(config.data):   # targets start afresh after their image or source
+    return [Prompt("", "sample.prompt", "the empty prompt of a paired data.source")]
   room = min(DEFAULT_PROMPT_BYTES, max(config.data.seq_len - cfg.max_new_tokens, 0))
   text = sources.default_prompt(config.data, room)
   return [Prompt(text, "sample.prompt", f"the default prompt {text!r} of data.source="

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mgm import decode
+from mgm import conditioned, decode
 from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.prompts import read_prompts
 from mgm.validate import unit_excess
@@ -20,12 +20,27 @@ def draw(config, model, params, step: int) -> list[str]:
   run draws the same ones. Warns when a sample outgrew a level's max_units."""
   cfg = config.sample
   settings = decode.from_config(cfg, config.model.vocab_size)
+  if model.spec.encoders:
+    return _draw_conditioned(config, model, params, step, settings)
   texts = [p.text for p in read_prompts(config) for _ in range(cfg.num_samples)]
   tokens, lengths = decode.pack_prompts(texts, settings, model, config.data.seq_len)
   rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
   out, _ = decode.generate(model, params, tokens, lengths, rng, settings)
   _warn_unit_overflow(model.spec, np.asarray(out), config.data.seq_len, model.packing)
   return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
+
+
+def _draw_conditioned(config, model, params, step: int, settings) -> list[str]:
+  """A conditioned model's samples: for each input (conditioned.sample_inputs) x
+  sample.num_samples, '[name] ' + prompt + generated text."""
+  cond, names = conditioned.sample_inputs(config, model.spec)
+  copies = config.sample.num_samples
+  cond = {k: np.repeat(v, copies, axis=0) for k, v in cond.items()}
+  prompt = read_prompts(config)[0].text
+  rng = jax.random.fold_in(jax.random.key(config.sample.seed), step)
+  texts = conditioned.generate(config, model, params, cond, settings, rng,
+                               [prompt] * len(cond[next(iter(cond))]))
+  return [f"[{names[i // copies]}] {prompt}{t}" for i, t in enumerate(texts)]
 
 
 def _warn_unit_overflow(spec, buffer, seq_len: int, packing: str = "none"):

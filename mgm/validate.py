@@ -12,8 +12,8 @@ import os
 import jax
 import numpy as np
 
-from mgm import decode, prompts, sharding
-from mgm.data import pipeline, sources
+from mgm import conditioned, decode, prompts, sharding
+from mgm.data import paired, pipeline, sources
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
 from mgm.model import segment
@@ -25,8 +25,9 @@ POSITIVE_INTS = (
     "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size", "train.grad_accum",
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
-    "eval.prompt_tokens", "eval.new_tokens")
-NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed")
+    "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size")
+NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
+                     "eval.examples")
 INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
@@ -153,11 +154,42 @@ def _validate_conditioning(config):
   encoder of their kind; a model with none (model.encoders unset) refuses them. With
   encoders, mgm/data/images.py's load_images / load_sources read and check them here."""
   if config.model.get("encoders"):
+    _validate_encoder_inputs(config, spec_lib.from_config(config.model))
     return
+  if config.eval.examples:
+    raise ConfigError("eval.examples", "scores generation from images or sources, and this "
+                      "model has no encoders (model.encoders is empty); set it to 0 (text "
+                      "models: eval.continuations)")
   for field in ("sample.image", "sample.source", "sample.source_file"):
     if get(config, field):
       raise ConfigError(field, "this model has no encoder to read it (model.encoders is "
                         "empty) and generates from text prompts only; leave it empty")
+
+
+def _validate_encoder_inputs(config, spec):
+  """The data feeds each encoder the input it reads, of the shape it reads:
+  data.image_size / data.image_channels / data.source_len equal the encoders'
+  image_size / channels / max_len; then the sample inputs are read (and checked)."""
+  data = config.data
+  if not paired.is_paired(data):
+    raise ConfigError("data.source", f"{data.source!r} has no images or sources for the "
+                      "model's encoders; use a paired source (shapes, translate, summarize, "
+                      "copy, reverse, pairs, or tfds with data.tfds_*_field)")
+  have = paired.inputs(data)
+  for i, e in enumerate(spec.encoders):
+    field = f"model.encoders[{i}]"
+    name = e.encoder_kind.input
+    if name not in have:
+      raise ConfigError(f"{field}.kind", f"{e.kind} reads {name!r}, and data.source="
+                        f"{data.source!r} gives {list(have)}; use an encoder of those")
+    pairs = ((("image_size", e.image_size, "data.image_size"),
+              ("channels", e.channels, "data.image_channels")) if name == "image" else
+             (("max_len", e.max_len, "data.source_len"),))
+    for attr, value, data_field in pairs:
+      if value != get(config, data_field):
+        raise ConfigError(f"{field}.{attr}", f"{value} differs from {data_field}="
+                          f"{get(config, data_field)}; make them equal")
+  conditioned.sample_inputs(config, spec)
 
 
 def _validate_data(data):

@@ -39,6 +39,8 @@ BAD = {
     "data.tfds_name": ["lm1b"],                        # set while data.source is synthetic
     "data.val_fraction": [0.0, 1.0, "0.1"],
     "eval.continuations": [-1],
+    "eval.examples": [-1, 4],                  # 4: the model has no encoders
+    "eval.beam_size": [0],
     "eval.new_tokens": [0, 40],                # 32 + 40 > data.seq_len
     "eval.prompt_tokens": [0],
     "mesh.data": [0],
