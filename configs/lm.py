@@ -114,7 +114,10 @@ def base_config():
   c.model.memory_width = 0              # fused memory width (0: the widest encoder's)
 
   c.data = mlc.ConfigDict()
-  c.data.source = "synthetic"           # synthetic | text | tfds
+  c.data.source = "synthetic"           # synthetic | text | tfds; paired tasks (one example
+                                        # a row, mgm/data/paired.py): shapes | translate |
+                                        # summarize | copy | reverse | pairs | tfds with a
+                                        # tfds_*_field set
   c.data.seq_len = SHAPES["demo"][3]
   c.data.corpus_seed = 0                # the synthetic corpus's identity
   c.data.packing = "document_mask"      # document_mask (packed documents do not see each
@@ -128,6 +131,13 @@ def base_config():
   c.data.tfds_train_split = "train"
   c.data.tfds_eval_split = "validation"
   c.data.tfds_data_dir = ""
+  c.data.tfds_source_field = ""         # paired tfds: the source text feature ("" = none)
+  c.data.tfds_target_field = ""         # paired tfds: the target text(s), e.g. captions/text
+  c.data.tfds_image_field = ""          # paired tfds: the image feature ("" = none)
+  c.data.source_len = 128               # paired: source bytes + EOS per row (longer: cut)
+  c.data.image_size = 32                # paired: images are [image_size, image_size, C]
+  c.data.image_channels = 3             # paired: 3 (RGB) or 1 (grey)
+  c.data.val_examples = 1000            # generated paired tasks: validation set size
 
   c.train = mlc.ConfigDict()
   c.train.steps = 200

@@ -12,12 +12,13 @@ A batch is a dict of numpy arrays, each [B_local, seq_len]:
   mask         float32  1 on real tokens, 0 on padding
 Padding only appears at the end of a finite stream (validation, or num_epochs).
 """
+import functools
 import itertools
 
 import grain
 import numpy as np
 
-from mgm.data import sources
+from mgm.data import paired, sources
 from mgm.data.tokenizer import EOS, PAD, VOCAB_SIZE, encode
 
 # Read in the consuming thread: documents are made or read by Python code that
@@ -25,6 +26,7 @@ from mgm.data.tokenizer import EOS, PAD, VOCAB_SIZE, encode
 # more throughput use worker processes (`mp_prefetch`) on the returned dataset.
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 _STATS_TOKENS = 2_000_000
+_STATS_EXAMPLES = 500   # paired tasks: the unigram statistics of this many targets
 
 
 def document_tokens(document: str | bytes) -> np.ndarray:
@@ -101,7 +103,9 @@ def make_dataset(data_cfg, split: str, *, batch_size: int, seed: int, process_in
 
   train: shuffled with `seed` (a new permutation each epoch), repeated forever
   or `num_epochs` times, incomplete last batch dropped. validation: fixed
-  order, one pass (or `num_epochs`), last batch may have fewer rows.
+  order, one pass (or `num_epochs`), last batch may have fewer rows. A paired
+  task (`paired.is_paired`) is not packed: one example per row, its batch as in
+  `paired.encode_example` (tokens, mask, segment_ids, and source and/or image).
   """
   local_batch = _local_batch_size(batch_size, process_index, process_count)
   seq_len = _seq_len(data_cfg)
@@ -115,19 +119,18 @@ def make_dataset(data_cfg, split: str, *, batch_size: int, seed: int, process_in
     docs = docs.shuffle(seed=seed)
   if train or num_epochs is not None:
     docs = docs.repeat(num_epochs)
+  if paired.is_paired(data_cfg):
+    encode = functools.partial(paired.encode_example, seq_len=seq_len,
+                               source_len=data_cfg.source_len, inputs=paired.inputs(data_cfg))
+    rows = docs.map(encode).to_iter_dataset(_READ_OPTIONS)
+    return rows.batch(local_batch, drop_remainder=train)
   stream = docs.map(_tokenize).to_iter_dataset(_READ_OPTIONS)
   packed = grain.experimental.ConcatThenSplitIterDataset(stream, length_struct={"tokens": seq_len})
   return _JsonSafeState(packed.map(_finalize).batch(local_batch, drop_remainder=train))
 
 
-def _padding(rows: int, seq_len: int) -> dict:
-  return {"tokens": np.full((rows, seq_len), PAD, np.int32),
-          "segment_ids": np.zeros((rows, seq_len), np.int32),
-          "mask": np.zeros((rows, seq_len), np.float32)}
-
-
 def _pad_rows(batch: dict, rows: int) -> dict:
-  pad = _padding(rows - len(batch["tokens"]), batch["tokens"].shape[1])
+  pad = paired.padding(batch, rows - len(batch["tokens"]))
   return {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
 
 
@@ -143,7 +146,7 @@ def eval_batches(data_cfg, *, batch_size: int, num_batches: int, process_index: 
   dataset = make_dataset(data_cfg, "validation", batch_size=batch_size, seed=0,
                          process_index=process_index, process_count=process_count)
   batches = [_pad_rows(b, local_batch) for b in itertools.islice(dataset, num_batches)]
-  batches += [_padding(local_batch, data_cfg.seq_len) for _ in range(num_batches - len(batches))]
+  batches += [paired.padding(batches[0], local_batch) for _ in range(num_batches - len(batches))]
   return batches
 
 
@@ -162,8 +165,13 @@ def unigram_bits(docs, max_tokens: int = _STATS_TOKENS) -> float:
 
 def source_stats(data_cfg) -> dict:
   """Reference numbers for the train data: always `unigram_bpb` (the loss of
-  a model that only learns byte frequencies); for synthetic, everything the
-  corpus knows, notably `entropy_floor_bpb` (the best achievable loss)."""
+  a model that only learns byte frequencies; for a paired task, of the first
+  targets); for synthetic, everything the corpus knows, notably
+  `entropy_floor_bpb` (the best achievable loss)."""
+  if paired.is_paired(data_cfg):
+    train = sources.make_source(data_cfg, "train")
+    targets = [train[i]["target"] for i in range(min(len(train), _STATS_EXAMPLES))]
+    return {"unigram_bpb": unigram_bits(targets)}
   if data_cfg.source == "synthetic":
     return dict(sources.synthetic_corpus(data_cfg).stats())
   return {"unigram_bpb": unigram_bits(sources.make_source(data_cfg, "train"))}
@@ -185,6 +193,8 @@ def held_out_rows(data_cfg, *, length: int, max_rows: int, limit: int) -> list[n
 
 def describe_corpus(data_cfg) -> str:
   """One line on the data a run reads: source, files, documents and bytes per split."""
+  if paired.is_paired(data_cfg):
+    return paired.describe(data_cfg)
   if data_cfg.source == "synthetic":
     stats = sources.synthetic_corpus(data_cfg).stats()
     return (f"data: synthetic corpus (corpus_seed {data_cfg.corpus_seed}), documents made on "

@@ -23,21 +23,29 @@ _HASH_BUCKETS = 1000
 
 
 def make_source(data_cfg, split: str):
-  """The documents of `split` ('train' or 'validation') for `data_cfg.source`."""
+  """The documents of `split` ('train' or 'validation') for `data_cfg.source`;
+  for a paired task (`paired.is_paired`), its examples (dicts, mgm/data/paired.py)."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  from mgm.data import paired   # paired builds on this module
+  if paired.is_paired(data_cfg):
+    return paired.examples(data_cfg, split)
   makers = {"synthetic": _synthetic_source, "text": _text_source, "tfds": _tfds_source}
   if data_cfg.source not in makers:
     raise DataError("data.source", f"unknown source {data_cfg.source!r}; use one of "
-                    f"{sorted(makers)}")
+                    f"{sorted(makers)} or a paired task, one of {sorted(paired.REGISTRY.names())}")
   return makers[data_cfg.source](data_cfg, split)
 
 
 def default_prompt(data_cfg, max_bytes: int) -> str:
   """Where samples start when no prompt is given, at most `max_bytes` of UTF-8:
   synthetic: '= ', how its documents open (titles read '= Topic ='); text and
-  tfds: the first line of the first held-out document (invalid UTF-8 as U+FFFD)."""
-  if data_cfg.source == "synthetic":
+  tfds: the first line of the first held-out document (invalid UTF-8 as U+FFFD);
+  paired tasks: '' (the target is generated from the image or source alone)."""
+  from mgm.data import paired
+  if paired.is_paired(data_cfg):
+    text = ""   # conditioned generation starts from the image or source alone
+  elif data_cfg.source == "synthetic":
     text = "= "
   else:
     doc = make_source(data_cfg, "validation")[0]
@@ -212,6 +220,18 @@ class TfdsTextSource:
 
 
 def _tfds_source(data_cfg, split):
+  records = open_tfds(data_cfg, split)
+  features = list(records.dataset_info.features.keys())
+  if data_cfg.tfds_text_field not in features:
+    raise DataError("data.tfds_text_field", f"{data_cfg.tfds_name} has no feature "
+                    f"{data_cfg.tfds_text_field!r}; its features are {features}")
+  return TfdsTextSource(records, data_cfg.tfds_text_field)
+
+
+def open_tfds(data_cfg, split):
+  """The TFDS random-access data source of `split` (tfds.data_source, nothing is
+  downloaded); DataError naming the field for an unknown dataset, an unprepared
+  one or a missing split."""
   import tensorflow_datasets as tfds  # here: a 0.6 s import only tfds users pay
 
   name = data_cfg.tfds_name
@@ -228,11 +248,7 @@ def _tfds_source(data_cfg, split):
   except Exception as e:  # diagnose the usual causes, else let tfds's error through
     _diagnose_tfds(tfds, name, data_dir, tfds_split, split_field, e)
     raise
-  features = list(records.dataset_info.features.keys())
-  if data_cfg.tfds_text_field not in features:
-    raise DataError("data.tfds_text_field", f"{name} has no feature "
-                    f"{data_cfg.tfds_text_field!r}; its features are {features}")
-  return TfdsTextSource(records, data_cfg.tfds_text_field)
+  return records
 
 
 def _unknown_dataset(tfds, name: str) -> str:
