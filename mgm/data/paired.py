@@ -109,7 +109,7 @@ def translator(corpus) -> Translator:
   return Translator(corpus)
 
 
-class _CorpusTask(PairedSource):
+class CorpusTask(PairedSource):
   """A sequence-to-sequence task on the synthetic corpus's documents."""
 
   def inputs(self, data_cfg):
@@ -129,7 +129,7 @@ class _CorpusTask(PairedSource):
 
 
 @REGISTRY.register
-class Translate(_CorpusTask):
+class Translate(CorpusTask):
   name = "translate"
 
   def pair(self, corpus, document, index):
@@ -138,7 +138,7 @@ class Translate(_CorpusTask):
 
 
 @REGISTRY.register
-class Summarize(_CorpusTask):
+class Summarize(CorpusTask):
   name = "summarize"
 
   def pair(self, corpus, document, index):
@@ -147,7 +147,7 @@ class Summarize(_CorpusTask):
 
 
 @REGISTRY.register
-class Copy(_CorpusTask):
+class Copy(CorpusTask):
   name = "copy"
 
   def pair(self, corpus, document, index):
@@ -156,7 +156,7 @@ class Copy(_CorpusTask):
 
 
 @REGISTRY.register
-class Reverse(_CorpusTask):
+class Reverse(CorpusTask):
   name = "reverse"
 
   def pair(self, corpus, document, index):
