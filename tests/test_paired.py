@@ -14,6 +14,7 @@ from mgm.data import paired, pipeline, shapes, sources
 from mgm.data.tokenizer import EOS, PAD
 from mgm.data.translate import Translator
 from mgm.errors import ConfigError
+from tfds_tiny import MgmTinyCaptions
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -322,3 +323,23 @@ def test_bad_input_is_refused_naming_the_field(tmp_path, overrides, field, words
       validate.validate(config)
   assert e.value.field == field and "\n" not in str(e.value)
   assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+
+
+def test_prepared_tfds_dataset_gives_bytes_and_images(tmp_path):
+  """A real prepared dataset (array_record, no TensorFlow): text comes back as
+  bytes, images as arrays of any size; all decoded and fitted."""
+  MgmTinyCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  cfg = data_cfg(source="tfds", tfds_name="mgm_tiny_captions", tfds_data_dir=str(tmp_path),
+                 tfds_target_field="captions/text", tfds_source_field="question",
+                 tfds_image_field="image")
+  examples = paired.held_out_examples(cfg, 10)
+  assert len(examples) == 3 and paired.inputs(cfg) == ("image", "source")
+  for e in examples:
+    i = int(e["references"][1].split()[-1])
+    name = e["references"][1].split()[0]
+    assert e["references"] == [f"a {name} picture", f"{name} everywhere {i}"]
+    assert e["target"] == e["references"][0] and e["source"] == f"which colour is {i}? ünï"
+    assert (e["image"] == np.array(MgmTinyCaptions.COLOURS[name], np.uint8)).all()
+  batch = pipeline.eval_batches(cfg, batch_size=4, num_batches=1)[0]
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["source"].shape == (4, 40)
+  assert batch["mask"][:3].sum(axis=1).min() > 0 and batch["mask"][3].sum() == 0
