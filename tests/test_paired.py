@@ -306,6 +306,8 @@ def _write_bad_inputs(tmp_path):
     (dict(source="shapes", source_len=0), "data.source_len", "positive integer"),
     (dict(source="shapes", image_size=-32), "data.image_size", "positive integer"),
     (dict(source="shapes", image_channels=4), "data.image_channels", "3 .RGB. or 1"),
+    (dict(source="shapes", image_size=16), "data.image_size", "at least 24 pixels"),
+    (dict(source="shapes", val_fraction=0.0002), "data.val_fraction", "leaves a split with none"),
     (dict(source="tfds", tfds_name="cnn_dailymail", tfds_source_field="body",
           tfds_target_field="highlights"), "data.tfds_source_field",
      r"no feature 'body'; its features are \['article', 'highlights', 'publisher', 'id'\]"),

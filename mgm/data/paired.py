@@ -86,6 +86,10 @@ class Shapes(PairedSource):
                       f"{shapes.MIN_IMAGE_SIZE} pixels (data.image_channels=3), got "
                       f"{data_cfg.image_size} pixels, {data_cfg.image_channels} channel(s)")
     seed, size, fraction = data_cfg.corpus_seed, data_cfg.image_size, data_cfg.val_fraction
+    if not shapes.MIN_VAL_FRACTION <= fraction <= 1 - shapes.MIN_VAL_FRACTION:
+      raise DataError("data.val_fraction", f"shapes splits scenes into {shapes.BUCKETS} "
+                      f"buckets by caption; {fraction} leaves a split with none; use "
+                      f"{shapes.MIN_VAL_FRACTION} to {1 - shapes.MIN_VAL_FRACTION}")
 
     def make(i):
       scene = shapes.scene_at(seed, split, i, fraction)
