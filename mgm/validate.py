@@ -19,10 +19,11 @@ from mgm.errors import ConfigError, DataError
 from mgm.model import segment
 from mgm.model import spec as spec_lib
 
-SOURCES = ("synthetic", "text", "tfds")
+SOURCES = ("synthetic", "text", "tfds") + tuple(n for n in paired.REGISTRY.names() if n != "tfds")
 
 POSITIVE_INTS = (
-    "data.seq_len", "data.text_doc_bytes", "train.steps", "train.batch_size", "train.grad_accum",
+    "data.seq_len", "data.text_doc_bytes", "data.source_len", "data.image_size",
+    "data.image_channels", "data.val_examples", "train.steps", "train.batch_size", "train.grad_accum",
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
     "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size")
@@ -37,11 +38,14 @@ NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "dat
 BOOLS = ("checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm", "model.remat")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
+           "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
            "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
            "sample.source_file")
 # Fields that only mean something for one data source: set with another, refused.
-SOURCE_ONLY = {"data.files": "text", "data.tfds_name": "tfds", "data.tfds_data_dir": "tfds"}
+SOURCE_ONLY = {"data.files": ("text", "pairs"), "data.tfds_name": ("tfds",),
+               "data.tfds_data_dir": ("tfds",), "data.tfds_source_field": ("tfds",),
+               "data.tfds_target_field": ("tfds",), "data.tfds_image_field": ("tfds",)}
 # Bytes that never occur in UTF-8 text; banning all the others leaves only these.
 NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
 
@@ -195,13 +199,16 @@ def _validate_encoder_inputs(config, spec):
 def _validate_data(data):
   if data.source not in SOURCES:
     raise ConfigError("data.source", f"unknown source {data.source!r}; one of {SOURCES}")
-  for field, source in SOURCE_ONLY.items():
-    if get(data, field.split(".", 1)[1]) and data.source != source:
+  for field, users in SOURCE_ONLY.items():
+    if get(data, field.split(".", 1)[1]) and data.source not in users:
       raise ConfigError(field, f"is set but data.source={data.source!r}, which ignores it; "
-                        f"add --config.data.source={source} to use it, or leave it empty")
-  if data.source == "text" and not data.files.strip():
-    raise ConfigError("data.files", "is empty but data.source='text'; give a glob such "
-                      "as --config.data.files='~/corpus/*.txt'")
+                        f"add --config.data.source={users[0]} to use it, or leave it empty")
+  if data.source in ("text", "pairs") and not data.files.strip():
+    raise ConfigError("data.files", f"is empty but data.source={data.source!r}; give a glob "
+                      "such as --config.data.files='~/corpus/*.txt' (pairs: *.jsonl or *.tsv)")
+  if data.image_channels not in (1, 3):
+    raise ConfigError("data.image_channels", f"must be 3 (RGB) or 1 (grey), got "
+                      f"{data.image_channels!r}")
   if data.source == "tfds" and not data.tfds_name:
     raise ConfigError("data.tfds_name", "is empty but data.source='tfds'; give a dataset "
                       "name such as tiny_shakespeare")
@@ -210,12 +217,18 @@ def _validate_data(data):
 
 
 def _open_source(data):
-  """Both splits of the data source (globs matched, files chunked, TFDS opened)."""
+  """Both splits of the data source (globs matched, files chunked, TFDS opened; for a
+  paired task every pair file line and image checked and each split's first example made)."""
   try:
     for split in sources.SPLITS:
-      sources.make_source(data, split)
+      examples = sources.make_source(data, split)
+      if paired.is_paired(data) and len(examples):
+        paired.encode_example(examples[0], seq_len=data.seq_len, source_len=data.source_len,
+                              inputs=paired.inputs(data))
   except (TypeError, ValueError) as e:
-    if isinstance(e, ConfigError) or data.source != "synthetic":
+    corpus = data.source == "synthetic" or (paired.is_paired(data) and isinstance(
+        paired.task(data), paired.CorpusTask))
+    if isinstance(e, ConfigError) or not corpus:
       raise
     raise DataError("data.synthetic", f"the synthetic corpus refuses {dict(data.synthetic)}: "
                     f"{e}") from None

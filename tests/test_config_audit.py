@@ -30,6 +30,13 @@ BAD = {
     "checkpoint.keep_best": ["yes"],
     "data.corpus_seed": [-1],
     "data.files": ["corpus/*.txt"],            # set while data.source is synthetic
+    "data.image_channels": [2, 0],
+    "data.image_size": [0],
+    "data.source_len": [-1],
+    "data.tfds_image_field": ["image"],        # set while data.source is synthetic
+    "data.tfds_source_field": ["article"],     # set while data.source is synthetic
+    "data.tfds_target_field": ["highlights"],  # set while data.source is synthetic
+    "data.val_examples": [0],
     "data.seq_len": [0],
     "data.packing": ["segment_ids", ""],
     "data.source": ["parquet"],

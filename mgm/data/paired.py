@@ -86,6 +86,10 @@ class Shapes(PairedSource):
                       f"{shapes.MIN_IMAGE_SIZE} pixels (data.image_channels=3), got "
                       f"{data_cfg.image_size} pixels, {data_cfg.image_channels} channel(s)")
     seed, size, fraction = data_cfg.corpus_seed, data_cfg.image_size, data_cfg.val_fraction
+    if not shapes.MIN_VAL_FRACTION <= fraction <= 1 - shapes.MIN_VAL_FRACTION:
+      raise DataError("data.val_fraction", f"shapes splits scenes into {shapes.BUCKETS} "
+                      f"buckets by caption; {fraction} leaves a split with none; use "
+                      f"{shapes.MIN_VAL_FRACTION} to {1 - shapes.MIN_VAL_FRACTION}")
 
     def make(i):
       scene = shapes.scene_at(seed, split, i, fraction)
@@ -109,7 +113,7 @@ def translator(corpus) -> Translator:
   return Translator(corpus)
 
 
-class _CorpusTask(PairedSource):
+class CorpusTask(PairedSource):
   """A sequence-to-sequence task on the synthetic corpus's documents."""
 
   def inputs(self, data_cfg):
@@ -129,7 +133,7 @@ class _CorpusTask(PairedSource):
 
 
 @REGISTRY.register
-class Translate(_CorpusTask):
+class Translate(CorpusTask):
   name = "translate"
 
   def pair(self, corpus, document, index):
@@ -138,7 +142,7 @@ class Translate(_CorpusTask):
 
 
 @REGISTRY.register
-class Summarize(_CorpusTask):
+class Summarize(CorpusTask):
   name = "summarize"
 
   def pair(self, corpus, document, index):
@@ -147,7 +151,7 @@ class Summarize(_CorpusTask):
 
 
 @REGISTRY.register
-class Copy(_CorpusTask):
+class Copy(CorpusTask):
   name = "copy"
 
   def pair(self, corpus, document, index):
@@ -156,7 +160,7 @@ class Copy(_CorpusTask):
 
 
 @REGISTRY.register
-class Reverse(_CorpusTask):
+class Reverse(CorpusTask):
   name = "reverse"
 
   def pair(self, corpus, document, index):

@@ -68,8 +68,11 @@ def lookup(example: dict, path: str):
 
 
 def texts(value) -> list[str]:
-  """A text value or an array of them, as a list of str."""
-  values = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]
+  """A text value or a sequence of them (a numpy array under mock data, a list
+  from a prepared dataset), as a list of str."""
+  if isinstance(value, np.ndarray):
+    value = value.reshape(-1).tolist()
+  values = list(value) if isinstance(value, (list, tuple)) else [value]
   return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
           for v in values]
 

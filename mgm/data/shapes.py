@@ -32,7 +32,8 @@ MAX_OBJECTS = 3
 MIN_IMAGE_SIZE = 24   # below this a small shape is too few pixels to tell apart
 BACKGROUND = (235, 235, 235)
 _SPLIT_STREAMS = {"train": 0, "validation": 1}
-_BUCKETS = 1000
+BUCKETS = 1000
+MIN_VAL_FRACTION = 1 / BUCKETS   # and at most 1 - this: both splits hold scenes
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -57,7 +58,7 @@ def random_scene(rng: np.random.Generator) -> Scene:
 
 def in_validation(scene: Scene, val_fraction: float) -> bool:
   """Whether `scene` is a held-out scene (by the crc32 of its caption)."""
-  return zlib.crc32(caption(scene).encode()) % _BUCKETS < val_fraction * _BUCKETS
+  return zlib.crc32(caption(scene).encode()) % BUCKETS < val_fraction * BUCKETS
 
 
 def scene_at(seed: int, split: str, index: int, val_fraction: float) -> Scene:

@@ -2,8 +2,8 @@
 
 The lexicon is a bijection from every word of the synthetic corpus (all word
 classes; their lexicons are disjoint) to a new word built from another sound
-inventory (consonants "hjkmnpqrtwxy" + vowels "aeiouy", so a target word can
-never be mistaken for a source word); it is drawn from the corpus seed and the
+inventory (consonants "chjqwx", none of them in a corpus word, + vowels "aeiouy", so
+a target word is never a source word); it is drawn from the corpus seed and the
 corpus's word list, so it is stable across runs.
 
 Word-order rule: within each sentence the words come in reverse order (the
@@ -12,11 +12,12 @@ where they were (after the k-th word), the first word is capitalised, the end ma
 (. ! ?) stays at the end, and sentences stay in order. Reversal is an involution
 and the lexicon a bijection, so `Translator.inverse` undoes `translate` exactly.
 """
+import itertools
 import re
 
 import numpy as np
 
-_CONSONANTS, _VOWELS = "hjkmnpqrtwxy", "aeiouy"
+_CONSONANTS, _VOWELS = "chjqwx", "aeiouy"
 _STREAM = 2000   # the lexicon's seed stream, distinct from the corpus's own
 _SENTENCE = re.compile(r"[^.!?]*[.!?]")
 
@@ -30,8 +31,8 @@ class Translator:
     made: set[str] = set()
     targets = []
     for word in words:
-      syllables = max(1, (len(word) + 1) // 2)
-      while True:
+      for attempt in itertools.count():   # one syllable more after every 100 collisions
+        syllables = 1 + len(word) // 2 + attempt // 100
         new = "".join(_CONSONANTS[rng.integers(len(_CONSONANTS))]
                       + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables))
         if new not in made:
