@@ -137,6 +137,7 @@ def base_config():
   c.data.source_len = 128               # paired: source bytes + EOS per row (longer: cut)
   c.data.image_size = 32                # paired: images are [image_size, image_size, C]
   c.data.image_channels = 3             # paired: 3 (RGB) or 1 (grey)
+  c.data.blind_inputs = False           # paired: zero images / empty sources (a blind arm)
   c.data.val_examples = 1000            # generated paired tasks: validation set size
 
   c.train = mlc.ConfigDict()

@@ -24,16 +24,13 @@ GRID_IMAGES = 16     # held-out images drawn in the PNG grid
 
 
 def cond_rows(examples: list[dict], spec, data_cfg) -> dict:
-  """The encoders' inputs of `examples` (raw schema): image uint8 [N, H, W, C],
-  source int32 [N, S] (bytes + EOS, PAD after; S = the text encoder's max_len)."""
-  cond = {}
-  for e in spec.encoders:
-    name = e.encoder_kind.input
-    if name == "image":
-      cond[name] = np.stack([np.asarray(x["image"], np.uint8) for x in examples])
-    else:
-      cond[name] = np.stack([paired.token_row(x["source"], e.max_len) for x in examples])
-  return cond
+  """The encoders' inputs of `examples` (raw schema), as the training batches
+  hold them (paired.encode_example, data.blind_inputs included): image uint8
+  [N, H, W, C], source int32 [N, data.source_len]."""
+  rows = [paired.encode_example(x, seq_len=1, source_len=data_cfg.source_len,
+                                inputs=spec.inputs, blind=data_cfg.blind_inputs)
+          for x in examples]
+  return {k: np.stack([r[k] for r in rows]) for k in spec.inputs}
 
 
 def generate(config, model, params, cond: dict, settings, key, prompts=None) -> list[str]:

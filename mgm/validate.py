@@ -35,7 +35,8 @@ NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_l
                         "checkpoint.every_minutes", "sample.temperature")
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
 NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
-BOOLS = ("checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm", "model.remat")
+BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm",
+         "model.remat")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
            "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",
@@ -154,9 +155,10 @@ def validate(config):
 
 
 def _validate_conditioning(config):
-  """sample.image / sample.source / sample.source_file condition generation through an
-  encoder of their kind; a model with none (model.encoders unset) refuses them. With
-  encoders, mgm/data/images.py's load_images / load_sources read and check them here."""
+  """sample.image / sample.source / sample.source_file, eval.examples and
+  data.blind_inputs are about an encoder's input; a model with none
+  (model.encoders unset) refuses them. With encoders, the data must feed them
+  (_validate_encoder_inputs) and the sample inputs are read and checked here."""
   if config.model.get("encoders"):
     _validate_encoder_inputs(config, spec_lib.from_config(config.model))
     return
@@ -164,10 +166,10 @@ def _validate_conditioning(config):
     raise ConfigError("eval.examples", "scores generation from images or sources, and this "
                       "model has no encoders (model.encoders is empty); set it to 0 (text "
                       "models: eval.continuations)")
-  for field in ("sample.image", "sample.source", "sample.source_file"):
+  for field in ("data.blind_inputs", "sample.image", "sample.source", "sample.source_file"):
     if get(config, field):
       raise ConfigError(field, "this model has no encoder to read it (model.encoders is "
-                        "empty) and generates from text prompts only; leave it empty")
+                        "empty) and generates from text prompts only; unset it")
 
 
 def _validate_encoder_inputs(config, spec):

@@ -29,6 +29,7 @@ BAD = {
     "checkpoint.keep": [0],
     "checkpoint.keep_best": ["yes"],
     "data.corpus_seed": [-1],
+    "data.blind_inputs": ["yes", True],        # True: the model has no encoders
     "data.files": ["corpus/*.txt"],            # set while data.source is synthetic
     "data.image_channels": [2, 0],
     "data.image_size": [0],

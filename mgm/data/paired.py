@@ -236,17 +236,20 @@ def token_row(text: str, length: int) -> np.ndarray:
 
 
 def encode_example(example: dict, *, seq_len: int, source_len: int,
-                   inputs: tuple[str, ...]) -> dict:
+                   inputs: tuple[str, ...], blind: bool = False) -> dict:
   """One batch row: tokens/segment_ids int32 [seq_len], mask float32 [seq_len],
-  source int32 [source_len] (when "source" in `inputs`), image uint8 [H, W, C]."""
+  source int32 [source_len] (when "source" in `inputs`), image uint8 [H, W, C].
+  `blind` (data.blind_inputs): the image all zeros, the source empty (EOS only),
+  so a model trained on them measures the targets' prior without the input."""
   tokens = token_row(example["target"], seq_len)
   real = tokens != PAD
   row = {"tokens": tokens, "mask": real.astype(np.float32),
          "segment_ids": real.astype(np.int32)}
   if "source" in inputs:
-    row["source"] = token_row(example["source"], source_len)
+    row["source"] = token_row("" if blind else example["source"], source_len)
   if "image" in inputs:
-    row["image"] = np.asarray(example["image"], np.uint8)
+    image = np.asarray(example["image"], np.uint8)
+    row["image"] = np.zeros_like(image) if blind else image
   return row
 
 

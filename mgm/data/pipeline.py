@@ -121,7 +121,8 @@ def make_dataset(data_cfg, split: str, *, batch_size: int, seed: int, process_in
     docs = docs.repeat(num_epochs)
   if paired.is_paired(data_cfg):
     encode = functools.partial(paired.encode_example, seq_len=seq_len,
-                               source_len=data_cfg.source_len, inputs=paired.inputs(data_cfg))
+                               source_len=data_cfg.source_len, inputs=paired.inputs(data_cfg),
+                               blind=data_cfg.blind_inputs)
     rows = docs.map(encode).to_iter_dataset(_READ_OPTIONS)
     return rows.batch(local_batch, drop_remainder=train)
   stream = docs.map(_tokenize).to_iter_dataset(_READ_OPTIONS)
