@@ -1,13 +1,17 @@
 """The analytic FLOPs formula: the reported count against hand arithmetic, the
 executed count against XLA's cost analysis of the compiled step."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import caption as caption_configs
 from configs import lm as lm_configs
+from configs import seq2seq as seq2seq_configs
 from mgm import flops
 from mgm.model import spec as spec_lib
-from mgm.model.lm import LM
+from mgm.model.lm import LM, example_cond
 from mgm.nn import mixers
 from mgm.train import init_state, make_optimizer, make_train_step
 
@@ -18,7 +22,10 @@ def xla_step_flops(config):
   shape = (config.train.batch_size, config.data.seq_len)
   state = jax.eval_shape(lambda: init_state(model, tx, jax.random.key(0), shape))
   batch = {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
-           "mask": jax.ShapeDtypeStruct(shape, jnp.float32)}
+           "mask": jax.ShapeDtypeStruct(shape, jnp.float32),
+           "segment_ids": jax.ShapeDtypeStruct(shape, jnp.int32)}
+  cond = example_cond(model.spec, shape[0]) or {}   # a paired batch's image / source
+  batch.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in cond.items()})
   compiled = jax.jit(make_train_step(model, tx)).lower(state, batch).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
@@ -69,3 +76,53 @@ def test_reported_count_of_megabyte_demo_is_the_hand_count():
   spec = spec_lib.from_config(lm_configs.get_config("model=megabyte,size=demo").model)
   per_sequence = 51_380_224 + 8_388_608 + 202_375_168 + 8_388_608 + 16_973_824
   assert flops.train_flops_per_token(spec, 256) == 3 * per_sequence / 256   # 3.37 MFLOP
+
+
+def two_encoders():
+  """Caption tiny reading its image with a ViT and a CNN, fused by attention (8 queries)."""
+  config = caption_configs.get_config("size=tiny")
+  config.model.encoders = [caption_configs.encoder(kind, "tiny") for kind in
+                           caption_configs.ENCODERS]
+  config.model.fusion = "attention:8"
+  return config
+
+
+def cross_attending_everywhere(config):
+  for level in config.model.levels:
+    level.cross_attention = True
+  return config
+
+
+CONDITIONED = {   # name: config; each adds a different conditioning part to the count
+    "caption-flat-vit": lambda: caption_configs.get_config("size=tiny"),
+    "caption-mgm3-cross-every-level": lambda: cross_attending_everywhere(
+        caption_configs.get_config("model=mgm3,size=tiny")),
+    "seq2seq-text": lambda: seq2seq_configs.get_config("size=tiny"),
+    "caption-vit-cnn-fusion-attention": two_encoders,
+}
+
+
+def unconditioned(config):
+  """The same decoder without encoders, fusion or cross-attention (in place)."""
+  config.model.encoders, config.model.fusion = [], ""
+  for level in config.model.levels:
+    level.cross_attention = False
+  return config
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_conditioning_flops_match_xla_cost_analysis_within_10_percent(name):
+  """What encoders, fusion and cross-attention add to a train step's FLOPs per
+  token (mgm/flops.py conditioning_flops): the analytic increment over the bare
+  decoder against XLA's, compiled for a paired batch (tokens + image or source).
+  The increment, not the total: a missing conditioning term is 8-70% of it
+  (cross-attention scores, memory K/V, an encoder, the fusion), while the
+  decoder's share would hide most of them within a 10% tolerance on the total."""
+  config, bare = CONDITIONED[name](), unconditioned(CONDITIONED[name]())
+  config.train.batch_size = bare.train.batch_size = 2
+  seq_len = config.data.seq_len
+  per_token = lambda c: flops.train_flops_per_token(spec_lib.from_config(c.model), seq_len,
+                                                    executed=True)
+  analytic = per_token(config) - per_token(bare)
+  measured = xla_step_flops(config) - xla_step_flops(bare)
+  assert abs(analytic - measured) / measured < 0.10, (analytic, measured)
