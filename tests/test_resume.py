@@ -36,6 +36,7 @@ RUN = [f"--config.train.steps={STEPS}",
        "--config.train.log_every=1", "--config.train.eval_every=4",
        "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=3"]
 RECURRENT = "model=megabyte_lstm,size=tiny"   # an LSTM local model under a global one
+CAPTION = "configs/caption.py:tiny"            # an image encoder, a cross-attending decoder
 
 
 def tiny_config(**train):
@@ -46,7 +47,9 @@ def tiny_config(**train):
 
 
 def start(workdir, *extra, preset="tiny"):
-  return subprocess.Popen([sys.executable, "launch.py", f"--config=configs/lm.py:{preset}", *RUN,
+  """launch.py on `preset` (of configs/lm.py, or 'configs/FILE.py:PRESET')."""
+  config = preset if ".py:" in preset else f"configs/lm.py:{preset}"
+  return subprocess.Popen([sys.executable, "launch.py", f"--config={config}", *RUN,
                            f"--workdir={workdir}", *extra],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -153,6 +156,23 @@ def test_kill_9_of_a_recurrent_preset_then_resume_equals_an_uninterrupted_run(tm
   launch(workdir, preset=RECURRENT)
   print(f"kill -9 after steps {killed}")
   assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow   # ~1.5 min: run by CI (.ci/run) after the default suite
+def test_kill_9_of_a_captioning_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """Encoders, cross-attention and the paired data's position resume bit for bit
+  (and the held-out captions scored at the end are the same)."""
+  reference = tmp_path / "reference"
+  launch(reference, preset=CAPTION)
+  workdir = tmp_path / "run"
+  killed = [interrupt(workdir, step, signal.SIGKILL, CAPTION)[0] for step in (3, 9)]
+  launch(workdir, preset=CAPTION)
+  print(f"kill -9 after steps {killed}")
+  assert_same_run(workdir, reference)
+  summaries = [json.loads((w / "summary.json").read_text()) for w in (workdir, reference)]
+  assert summaries[0]["heldout_bleu"] == summaries[1]["heldout_bleu"]
+  assert ((workdir / "outputs" / f"step_{STEPS}.jsonl").read_text()
+          == (reference / "outputs" / f"step_{STEPS}.jsonl").read_text())
 
 
 def test_a_crashed_run_resumes_to_the_uninterrupted_result_bit_for_bit(
