@@ -50,8 +50,12 @@ def summary_line(summary: dict, workdir: str) -> str:
   wall = duration(summary["wall_s"])
   if summary.get("invocation_wall_s", summary["wall_s"]) < summary["wall_s"] - 0.5:
     wall += f" (this invocation {duration(summary['invocation_wall_s'])})"
+  held_out = [f"{name} {summary[key]:.1f}" for name, key in
+              (("exact match", "heldout_exact_match"), ("BLEU", "heldout_bleu"),
+               ("CIDEr-D", "heldout_cider")) if key in summary]
   return (f"done: step {summary['steps']:,} | eval {summary['eval_bpb']:.3f} bits/byte"
           + (f" ({', '.join(refs)})" if refs else "")
+          + (f" | held-out generation: {', '.join(held_out)}" if held_out else "")
           + f" | {summary['tokens_per_sec']:,.0f} tokens/s, MFU {summary['mfu']:.1%}"
           f" | wall {wall} | files: {workdir}/ (summary.json, metrics.jsonl, samples/, "
           "checkpoints/)")

@@ -53,6 +53,15 @@ def test_summary_line_labels_every_number():
       "(summary.json, metrics.jsonl, samples/, checkpoints/)")
 
 
+def test_summary_line_of_a_conditioned_run_reports_its_held_out_generation():
+  summary = {"steps": 400, "eval_bpb": 0.1028, "unigram_bpb": 3.9546,
+             "heldout_exact_match": 18.75, "heldout_bleu": 62.476, "heldout_cider": 4.973,
+             "tokens_per_sec": 3309.3, "mfu": 0.137, "wall_s": 617.4}
+  line = summary_line(summary, "runs/caption")
+  assert ("eval 0.103 bits/byte (unigram 3.955) | held-out generation: exact match 18.8, "
+          "BLEU 62.5, CIDEr-D 5.0 | 3,309 tokens/s") in line
+
+
 def test_last_logged_reads_the_row_at_or_before_a_step(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 10, "wall_s": 5.0}\n{"step": 20, "bpb": 3.0}\n'
