@@ -21,7 +21,7 @@ from benchmarks import profile_summary
 from configs.lm import get_config
 from mgm import loop, profiling
 
-from loop_hooks import after_each_step
+from loop_hooks import Crash, after_each_step, crash_after
 
 TRAIN_STEP = "jit_train_step"   # the XLA program of mgm.train's train_step
 
@@ -70,6 +70,19 @@ def test_a_run_traces_steps_a_to_b_into_its_workdir(profiled_run):
   assert executions == {TRAIN_STEP: 2}   # steps 2 and 3, each run to its end
 
 
+def test_a_run_that_dies_inside_the_range_still_writes_its_trace(tmp_path, monkeypatch):
+  config = get_config("tiny")
+  config.train.update(steps=4, warmup_steps=1, log_every=1)
+  config.profile.steps = "2,3"
+  crash_after(monkeypatch, at_step=2)
+  with pytest.raises(Crash):
+    loop.run_mode(config, str(tmp_path), "train")
+  summary = profile_summary.summarize(str(tmp_path), module=TRAIN_STEP)
+  assert [(r.name, r.count) for r in summary["modules"]] == [(TRAIN_STEP, 1)]   # step 2
+  jax.profiler.start_trace(str(tmp_path / "again"))      # and no trace left open
+  jax.profiler.stop_trace()
+
+
 def test_the_summary_of_a_run_has_timed_ops_with_a_matmul(profiled_run):
   summary = profile_summary.summarize(str(profiled_run[0]))
   ops = summary["ops"]
@@ -83,10 +96,13 @@ def test_the_summary_of_a_run_has_timed_ops_with_a_matmul(profiled_run):
 
 
 def steps_of(n: int):
-  """n jitted functions, one XLA program each (jit_step_1 ... jit_step_n)."""
+  """n jitted functions, one XLA program each (jit_step_1 ... jit_step_n), each
+  long enough (milliseconds) to be still running when its call returns."""
   def make(i):
     def body(x):
-      return jnp.tanh(x @ x) + i
+      for _ in range(4):
+        x = jnp.tanh(x @ x)
+      return x + i
     body.__name__ = f"step_{i}"
     return jax.jit(body)
   return [make(i) for i in range(1, n + 1)]
@@ -98,6 +114,7 @@ def run_steps(profiler, steps, x):
     x = step(x)
     profiler.after(i, x)
   profiler.stop(x)
+  jax.block_until_ready(x)   # nothing left running into the next test's trace
 
 
 def traced_programs(workdir) -> dict:
@@ -107,7 +124,7 @@ def traced_programs(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def programs():
-  steps, x = steps_of(5), jnp.ones((64, 64)) / 64
+  steps, x = steps_of(5), jnp.ones((512, 512)) / 512
   for step in steps:
     jax.block_until_ready(step(x))   # compiled before any trace
   return steps, x
@@ -136,6 +153,7 @@ def test_a_resumed_run_inside_the_range_traces_from_its_first_step(tmp_path, pro
     profiler.before(i, x)
     x = step(x)
     profiler.after(i, x)
+  jax.block_until_ready(x)
   assert not profiler.active
   assert traced_programs(tmp_path) == {"jit_step_3": 1, "jit_step_4": 1}
 
