@@ -11,12 +11,13 @@ standard library. Each executed XLA op is one complete event ("ph": "X") whose
 args name its program (`hlo_module`) and op (`hlo_op`); times are microseconds
 in the file, milliseconds here.
 
-Op names are XLA's instruction names, so the kind of an op is told by its name
-(`kind_of`): `dot.12` is a matmul, on GPU `gemm`/`cublas`/`triton_gemm`
-kernels too; on CPU `ynn_fusion.N` is a call into the YNNPACK library, which
-XLA:CPU uses for dots (and some reductions and elementwise ops next to them),
-and `*_fusion` are XLA's own loops (elementwise, copies, transposes). An op
-runs once per device per step: with 8 devices, count is 8 x steps. On a CPU,
+Each op's kind (matmul, elementwise, reduce, data movement, collective) and
+its jax source (e.g. `bwd/level_0/block_1/mlp/wo/dot_general`) come from the
+HLO that jax also stores in the xplane.pb (benchmarks/xplane_hlo.py reads it):
+XLA's names alone do not say, e.g. on CPU `ynn_fusion.N` is a call into the
+YNNPACK library that may hold a dot or a reduction. Without that HLO the kind
+is guessed from the name (`kind_of`; GPU kernels: gemm, cublas, cutlass). An
+op runs once per device per step: with 8 devices, count is 8 x steps. On a CPU,
 ops of one program may run at once on several threads, so op time can exceed
 the wall time of the traced window (`busy` > 1).
 """
@@ -29,33 +30,58 @@ import json
 import os
 import re
 
-# Kind of an op by its name (first match; lower case), see the module docstring.
-KINDS = (("dot", r"^dot|gemm|cublas|matmul|cutlass|xmma|conv"),
-         ("ynn (library: dots, some reductions)", r"^ynn_fusion"),
-         ("collective", r"all-reduce|all-gather|reduce-scatter|all-to-all|collective|"
-                        r"^all_|^reduce_scatter"),
-         ("copy/transpose", r"^(copy|transpose|bitcast|concatenate|slice|dynamic|pad)"),
-         ("reduce", r"^reduce"),
-         ("fusion (elementwise)", r"fusion"))
+from benchmarks import xplane_hlo
+
+# An op's kind from its opcodes (the HLO in the xplane.pb; first match) or, without
+# them, from its name (lower case; e.g. GPU kernels: gemm, cublas, cutlass).
+MOVES = {"copy", "transpose", "concatenate", "slice", "dynamic-slice", "dynamic-update-slice",
+         "pad", "bitcast", "reshape", "broadcast", "parameter", "constant", "tuple",
+         "get-tuple-element", "iota", "gather", "scatter"}
+COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+               "all-reduce-start", "all-gather-start", "collective-permute-start"}
+KINDS = (("matmul", lambda ops: bool(ops & {"dot", "convolution"}),
+          r"^dot|gemm|cublas|matmul|cutlass|xmma|conv"),
+         ("collective", lambda ops: bool(ops & COLLECTIVES),
+          r"all-reduce|all-gather|reduce-scatter|all-to-all|collective"),
+         ("reduce", lambda ops: bool(ops & {"reduce", "reduce-window", "sort"}), r"^reduce"),
+         ("data movement", lambda ops: ops <= MOVES,
+          r"^(copy|transpose|bitcast|concatenate|slice|dynamic|pad)"),
+         ("elementwise", lambda ops: True, r"fusion$|fusion\.\d+$"))
+NAMED_ONLY = "library call (ynn: dots and more)"   # ynn_fusion.N without its HLO
+PASSES = {"jvp": "fwd", "transpose": "bwd"}   # jax's names of the forward and backward pass
 
 
-def kind_of(name: str) -> str:
-  """An op's kind from its XLA name ('dot.12' -> 'dot'); 'other' when none fits."""
-  for kind, pattern in KINDS:
-    if re.search(pattern, name.lower()):
-      return kind
-  return "other"
+def kind_of(name: str, opcodes=None) -> str:
+  """An op's kind: from `opcodes` (OpInfo.opcodes) when given, else from its XLA
+  name ('dot.12' -> 'matmul'); 'other' when no name pattern fits."""
+  if opcodes:
+    return next(kind for kind, test, _ in KINDS if test(set(opcodes)))
+  if name.lower().startswith("ynn_fusion"):
+    return NAMED_ONLY
+  return next((kind for kind, _, pattern in KINDS if re.search(pattern, name.lower())), "other")
+
+
+def short_source(op_name: str) -> str:
+  """A jax op_name without the program and the model's call path, the pass as
+  fwd/bwd: 'jit(train_step)/transpose(jvp(LM))/LM.forward/LM._run/level_0/block_1/
+  mlp/wo/dot_general' -> 'bwd/level_0/block_1/mlp/wo/dot_general'."""
+  parts = [re.sub(r"\(.*\)$", "", p) for p in op_name.split("/")[1:]
+           if not p.startswith(("LM.", "vmap("))]
+  return "/".join(PASSES.get(p, p) for p in parts)
 
 
 @dataclasses.dataclass
 class Row:
   """One op (or kind, or program) summed over the trace: `total_ms` of its
-  `count` executions, `share` of all ops' time (0..1)."""
+  `count` executions, `share` of all ops' time (0..1); an op's program
+  (`module`), `kind` and jax `source` (short_source; "" without the HLO)."""
   name: str
   count: int
   total_ms: float
   share: float = 0.0
   module: str = ""
+  kind: str = ""
+  source: str = ""
 
 
 def trace_files(path: str) -> list[str]:
@@ -84,9 +110,20 @@ def op_events(files):
                args.get("run_id", ""), float(event["ts"]))
 
 
-def _rows(sums: dict, counts: dict, total_us: float, with_module: bool = False) -> list[Row]:
-  rows = [Row(name=key[1] if with_module else key, count=counts[key], total_ms=us / 1e3,
-              share=us / total_us if total_us else 0.0, module=key[0] if with_module else "")
+def hlo_infos(files) -> dict:
+  """{(hlo_module, op): xplane_hlo.OpInfo} from the xplane.pb beside each trace file
+  ({} where there is none)."""
+  out = {}
+  for file in files:
+    xplane = file[:-len(".trace.json.gz")] + ".xplane.pb"
+    if os.path.exists(xplane):
+      for mod, ops in xplane_hlo.hlo_ops(xplane).items():
+        out.update({(mod, op): info for op, info in ops.items()})
+  return out
+
+
+def _rows(sums: dict, counts: dict, total_us: float, make=lambda key: {"name": key}):
+  rows = [Row(count=counts[key], total_ms=us / 1e3, share=us / total_us, **make(key))
           for key, us in sums.items()]
   return sorted(rows, key=lambda r: -r.total_ms)
 
@@ -96,44 +133,53 @@ def summarize(path: str, module: str = "") -> dict:
   (Rows, slowest first; a module's count is its executions, one per step),
   'span_ms' ({module: first op start to last op end of one execution, ms, the
   mean}), 'total_ms' (all ops), 'window_ms' (first op start to last op end, host
-  work between steps included), 'busy' (total_ms / window_ms)}. `module` keeps only that program's ops (e.g.
-  'jit_train_step'). FileNotFoundError without a trace; ValueError without ops."""
+  work between steps included), 'busy' (total_ms / window_ms)}. `module` keeps
+  only that program's ops (e.g. 'jit_train_step'). Kinds come from the HLO in the
+  xplane.pb where it has the op, else from the op's name. FileNotFoundError
+  without a trace; ValueError without ops."""
   files = trace_files(path)
-  ops, op_counts = collections.Counter(), collections.Counter()
-  kinds, kind_counts = collections.Counter(), collections.Counter()
-  modules, runs = collections.Counter(), collections.defaultdict(set)
+  infos = hlo_infos(files)
+  sums = {what: collections.Counter() for what in ("ops", "kinds", "modules")}
+  counts = {what: collections.Counter() for what in ("ops", "kinds")}
+  runs = collections.defaultdict(set)
   spans = collections.defaultdict(lambda: [float("inf"), float("-inf")])
   start, end = float("inf"), float("-inf")
   for mod, op, dur, run_id, ts in op_events(files):
     if module and mod != module:
       continue
-    ops[mod, op] += dur
-    op_counts[mod, op] += 1
-    kind = kind_of(op)
-    kinds[kind] += dur
-    kind_counts[kind] += 1
-    modules[mod] += dur
+    info = infos.get((mod, op))
+    kind = kind_of(op, info.opcodes if info else None)
+    for what, key in (("ops", (mod, op)), ("kinds", kind), ("modules", mod)):
+      sums[what][key] += dur
+      counts.get(what, collections.Counter())[key] += 1
     runs[mod].add(run_id)
     span = spans[mod, run_id]
     span[:] = min(span[0], ts), max(span[1], ts + dur)
     start, end = min(start, ts), max(end, ts + dur)
-  if not ops:
+  if not sums["ops"]:
     raise ValueError(f"no XLA op in {files}" + (f" of module {module!r}" if module else ""))
-  total = sum(ops.values())
+  total = sum(sums["ops"].values())
   span_ms = collections.Counter()
   for (mod, _), (first, last) in spans.items():
     span_ms[mod] += (last - first) / 1e3 / len(runs[mod])
-  return {"files": files, "ops": _rows(ops, op_counts, total, with_module=True),
-          "kinds": _rows(kinds, kind_counts, total),
-          "modules": _rows(modules, {m: len(r) for m, r in runs.items()}, total),
+
+  def op_row(key):
+    info = infos.get(key)
+    return {"name": key[1], "module": key[0], "kind": kind_of(key[1], info and info.opcodes),
+            "source": short_source(info.source) if info else ""}
+  return {"files": files, "ops": _rows(sums["ops"], counts["ops"], total, op_row),
+          "kinds": _rows(sums["kinds"], counts["kinds"], total),
+          "modules": _rows(sums["modules"], {m: len(r) for m, r in runs.items()}, total),
           "span_ms": dict(span_ms), "total_ms": total / 1e3, "window_ms": (end - start) / 1e3,
           "busy": total / (end - start) if end > start else 0.0}
 
 
 def table(rows, top: int, what: str) -> list[str]:
-  lines = [f"| {what} | count | total ms | share |", "|---|---:|---:|---:|"]
+  ops = what == "op"
+  lines = [f"| {what} |" + (" kind | source |" if ops else "") + " count | total ms | share |",
+           "|---|" + ("---|---|" if ops else "") + "---:|---:|---:|"]
   for r in rows[:top]:
-    name = f"{r.name} ({r.module})" if r.module and what == "op" else r.name
+    name = f"{r.name} ({r.module}) | {r.kind} | {r.source}" if ops else r.name
     lines.append(f"| {name} | {r.count} | {r.total_ms:,.2f} | {r.share:.1%} |")
   return lines
 
@@ -144,7 +190,7 @@ def format_summary(summary: dict, top: int = 10) -> str:
            f"op time {summary['total_ms']:,.1f} ms in a window of {summary['window_ms']:,.1f} "
            f"ms (busy {summary['busy']:.2f}: ops at once on several threads or devices)", ""]
   lines += table(summary["ops"], top, "op") + [""]
-  lines += table(summary["kinds"], len(summary["kinds"]), "kind (by op name)") + [""]
+  lines += table(summary["kinds"], len(summary["kinds"]), "kind") + [""]
   lines += table(summary["modules"], top, "program (count: executions)") + [""]
   lines += [f"{m}: {ms:,.2f} ms from its first op to its last, per execution"
             for m, ms in sorted(summary["span_ms"].items(), key=lambda kv: -kv[1])[:3]]

@@ -89,10 +89,15 @@ def test_the_summary_of_a_run_has_timed_ops_with_a_matmul(profiled_run):
   assert len(ops) >= 10 and all(r.total_ms > 0 and r.count >= 1 for r in ops)
   assert [r.total_ms for r in ops] == sorted((r.total_ms for r in ops), reverse=True)
   assert sum(r.share for r in ops) == pytest.approx(1.0)
-  matmuls = [r for r in ops if profile_summary.kind_of(r.name).startswith(("dot", "ynn"))]
-  assert matmuls and matmuls[0].module == TRAIN_STEP, [r.name for r in ops[:20]]
+  matmuls = [r for r in ops if r.kind == "matmul"]   # kinds from the HLO in the xplane.pb
+  assert matmuls and matmuls[0].module == TRAIN_STEP, [(r.name, r.kind) for r in ops[:20]]
+  assert {"fwd", "bwd"} <= {r.source.split("/")[0] for r in matmuls if r.module == TRAIN_STEP}
+  assert any("/mlp/" in r.source and r.source.endswith("dot_general") for r in matmuls)
+  kinds = {r.name: r.share for r in summary["kinds"]}
+  assert kinds["matmul"] > 0 and kinds["elementwise"] > 0
   text = profile_summary.format_summary(summary, top=5)
-  assert f"| {ops[0].name} ({TRAIN_STEP}) | {ops[0].count} |" in text
+  assert f"| {ops[0].name} ({TRAIN_STEP}) | {ops[0].kind} | {ops[0].source} | {ops[0].count} |" \
+      in text
 
 
 def steps_of(n: int):
@@ -189,6 +194,8 @@ def test_the_summary_sums_each_op_of_the_newest_trace(tmp_path):
       ("jit_f", 2, 1.0), ("jit_g", 1, 1.0)]
   assert summary["span_ms"] == {"jit_f": pytest.approx(0.5), "jit_g": pytest.approx(1.0)}
   assert summary["window_ms"] == 3.0 and summary["busy"] == pytest.approx(2.0 / 3.0)
+  assert [(r.name, r.kind, r.source) for r in summary["ops"]] == [
+      ("multiply.2", "other", ""), ("dot.1", "matmul", ""), ("add_fusion", "elementwise", "")]
   only_f = profile_summary.summarize(str(tmp_path), module="jit_f")
   assert [r.name for r in only_f["ops"]] == ["dot.1", "add_fusion"]
 
