@@ -93,6 +93,7 @@ def test_the_summary_of_a_run_has_timed_ops_with_a_matmul(profiled_run):
   assert matmuls and matmuls[0].module == TRAIN_STEP, [(r.name, r.kind) for r in ops[:20]]
   assert {"fwd", "bwd"} <= {r.source.split("/")[0] for r in matmuls if r.module == TRAIN_STEP}
   assert any("/mlp/" in r.source and r.source.endswith("dot_general") for r in matmuls)
+  assert [r for r in matmuls if not r.name.startswith("dot")], "no fusion told a matmul by its HLO"
   kinds = {r.name: r.share for r in summary["kinds"]}
   assert kinds["matmul"] > 0 and kinds["elementwise"] > 0
   text = profile_summary.format_summary(summary, top=5)
