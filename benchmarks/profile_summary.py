@@ -40,7 +40,7 @@ MOVES = {"copy", "transpose", "concatenate", "slice", "dynamic-slice", "dynamic-
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
                "all-reduce-start", "all-gather-start", "collective-permute-start"}
 KINDS = (("matmul", lambda ops: bool(ops & {"dot", "convolution"}),
-          r"^dot|gemm|cublas|matmul|cutlass|xmma|conv"),
+          r"^dot|gemm|cublas|matmul|cutlass|xmma|^convolution"),
          ("collective", lambda ops: bool(ops & COLLECTIVES),
           r"all-reduce|all-gather|reduce-scatter|all-to-all|collective"),
          ("reduce", lambda ops: bool(ops & {"reduce", "reduce-window", "sort"}), r"^reduce"),

@@ -184,21 +184,23 @@ def test_the_summary_sums_each_op_of_the_newest_trace(tmp_path):
       {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
       {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 500, "name": "$loop.py steps"},
       op("dot.1", 0, 300, "a"), op("add_fusion", 300, 100, "a"),
-      op("dot.1", 1000, 500, "b"), op("add_fusion", 1500, 100, "b"),
+      op("dot.1", 1000, 500, "b"), op("add_fusion", 1500, 50, "b"),
+      op("convert_fusion", 1550, 50, "b"),
       op("multiply.2", 2000, 1000, "c", module="jit_g")])
   summary = profile_summary.summarize(str(tmp_path))
   assert summary["files"] == [str(new)]
   got = [(r.name, r.module, r.count, r.total_ms, r.share) for r in summary["ops"]]
   assert got == [("multiply.2", "jit_g", 1, 1.0, 0.5), ("dot.1", "jit_f", 2, 0.8, 0.4),
-                 ("add_fusion", "jit_f", 2, 0.2, 0.1)]
+                 ("add_fusion", "jit_f", 2, 0.15, 0.075), ("convert_fusion", "jit_f", 1, 0.05, 0.025)]
   assert [(r.name, r.count, r.total_ms) for r in summary["modules"]] == [
       ("jit_f", 2, 1.0), ("jit_g", 1, 1.0)]
   assert summary["span_ms"] == {"jit_f": pytest.approx(0.5), "jit_g": pytest.approx(1.0)}
   assert summary["window_ms"] == 3.0 and summary["busy"] == pytest.approx(2.0 / 3.0)
   assert [(r.name, r.kind, r.source) for r in summary["ops"]] == [
-      ("multiply.2", "other", ""), ("dot.1", "matmul", ""), ("add_fusion", "elementwise", "")]
+      ("multiply.2", "other", ""), ("dot.1", "matmul", ""), ("add_fusion", "elementwise", ""),
+      ("convert_fusion", "elementwise", "")]   # kinds by name: no xplane.pb here
   only_f = profile_summary.summarize(str(tmp_path), module="jit_f")
-  assert [r.name for r in only_f["ops"]] == ["dot.1", "add_fusion"]
+  assert [r.name for r in only_f["ops"]] == ["dot.1", "add_fusion", "convert_fusion"]
 
 
 def test_the_summary_says_when_there_is_no_trace(tmp_path, capsys):
