@@ -70,6 +70,18 @@ def short_source(op_name: str) -> str:
   return "/".join(PASSES.get(p, p) for p in parts)
 
 
+def part_of(source: str) -> str:
+  """The model part an op belongs to, from its short source: 'level_0/attn' for
+  'bwd/level_0/block_1/attn/dot_general', else its first name after the pass
+  ('unembed', 'optimizer' ...); '(no source)' for ops the HLO does not place."""
+  parts = source.split("/")[1:] if source.split("/")[0] in PASSES.values() else \
+      source.split("/")
+  for i, part in enumerate(parts[1:-1], start=1):
+    if re.fullmatch(r"block_\d+", part):
+      return f"{parts[i - 1]}/{parts[i + 1]}"
+  return parts[0] if parts and parts[0] else "(no source)"
+
+
 @dataclasses.dataclass
 class Row:
   """One op (or kind, or program) summed over the trace: `total_ms` of its
@@ -129,8 +141,8 @@ def _rows(sums: dict, counts: dict, total_us: float, make=lambda key: {"name": k
 
 
 def summarize(path: str, module: str = "") -> dict:
-  """The trace under `path` summed by op: {'files', 'ops', 'kinds', 'modules'
-  (Rows, slowest first; a module's count is its executions, one per step),
+  """The trace under `path` summed by op: {'files', 'ops', 'kinds', 'parts'
+  (part_of), 'modules' (Rows, slowest first; a module's count is its executions, one per step),
   'span_ms' ({module: first op start to last op end of one execution, ms, the
   mean}), 'total_ms' (all ops), 'window_ms' (first op start to last op end, host
   work between steps included), 'busy' (total_ms / window_ms)}. `module` keeps
@@ -139,8 +151,8 @@ def summarize(path: str, module: str = "") -> dict:
   without a trace; ValueError without ops."""
   files = trace_files(path)
   infos = hlo_infos(files)
-  sums = {what: collections.Counter() for what in ("ops", "kinds", "modules")}
-  counts = {what: collections.Counter() for what in ("ops", "kinds")}
+  sums = {what: collections.Counter() for what in ("ops", "kinds", "parts", "modules")}
+  counts = {what: collections.Counter() for what in ("ops", "kinds", "parts")}
   runs = collections.defaultdict(set)
   spans = collections.defaultdict(lambda: [float("inf"), float("-inf")])
   start, end = float("inf"), float("-inf")
@@ -149,7 +161,8 @@ def summarize(path: str, module: str = "") -> dict:
       continue
     info = infos.get((mod, op))
     kind = kind_of(op, info.opcodes if info else None)
-    for what, key in (("ops", (mod, op)), ("kinds", kind), ("modules", mod)):
+    part = part_of(short_source(info.source)) if info else "(no source)"
+    for what, key in (("ops", (mod, op)), ("kinds", kind), ("parts", part), ("modules", mod)):
       sums[what][key] += dur
       counts.get(what, collections.Counter())[key] += 1
     runs[mod].add(run_id)
@@ -169,6 +182,7 @@ def summarize(path: str, module: str = "") -> dict:
             "source": short_source(info.source) if info else ""}
   return {"files": files, "ops": _rows(sums["ops"], counts["ops"], total, op_row),
           "kinds": _rows(sums["kinds"], counts["kinds"], total),
+          "parts": _rows(sums["parts"], counts["parts"], total),
           "modules": _rows(sums["modules"], {m: len(r) for m, r in runs.items()}, total),
           "span_ms": dict(span_ms), "total_ms": total / 1e3, "window_ms": (end - start) / 1e3,
           "busy": total / (end - start) if end > start else 0.0}
@@ -191,6 +205,7 @@ def format_summary(summary: dict, top: int = 10) -> str:
            f"ms (busy {summary['busy']:.2f}: ops at once on several threads or devices)", ""]
   lines += table(summary["ops"], top, "op") + [""]
   lines += table(summary["kinds"], len(summary["kinds"]), "kind") + [""]
+  lines += table(summary["parts"], top, "part of the model") + [""]
   lines += table(summary["modules"], top, "program (count: executions)") + [""]
   lines += [f"{m}: {ms:,.2f} ms from its first op to its last, per execution"
             for m, ms in sorted(summary["span_ms"].items(), key=lambda kv: -kv[1])[:3]]

@@ -96,6 +96,9 @@ def test_the_summary_of_a_run_has_timed_ops_with_a_matmul(profiled_run):
   assert [r for r in matmuls if not r.name.startswith("dot")], "no fusion told a matmul by its HLO"
   kinds = {r.name: r.share for r in summary["kinds"]}
   assert kinds["matmul"] > 0 and kinds["elementwise"] > 0
+  parts = {r.name: r.share for r in summary["parts"]}   # tiny: one level of 2 blocks
+  assert parts["level_0/attn"] > 0 and parts["level_0/mlp"] > 0 and parts["unembed"] > 0
+  assert sum(parts.values()) == pytest.approx(1.0)
   text = profile_summary.format_summary(summary, top=5)
   assert f"| {ops[0].name} ({TRAIN_STEP}) | {ops[0].kind} | {ops[0].source} | {ops[0].count} |" \
       in text
@@ -191,7 +194,8 @@ def test_the_summary_sums_each_op_of_the_newest_trace(tmp_path):
   assert summary["files"] == [str(new)]
   got = [(r.name, r.module, r.count, r.total_ms, r.share) for r in summary["ops"]]
   assert got == [("multiply.2", "jit_g", 1, 1.0, 0.5), ("dot.1", "jit_f", 2, 0.8, 0.4),
-                 ("add_fusion", "jit_f", 2, 0.15, 0.075), ("convert_fusion", "jit_f", 1, 0.05, 0.025)]
+                 ("add_fusion", "jit_f", 2, 0.15, 0.075),
+                 ("convert_fusion", "jit_f", 1, 0.05, 0.025)]
   assert [(r.name, r.count, r.total_ms) for r in summary["modules"]] == [
       ("jit_f", 2, 1.0), ("jit_g", 1, 1.0)]
   assert summary["span_ms"] == {"jit_f": pytest.approx(0.5), "jit_g": pytest.approx(1.0)}
