@@ -65,8 +65,8 @@ def short_source(op_name: str) -> str:
   """A jax op_name without the program and the model's call path, the pass as
   fwd/bwd: 'jit(train_step)/transpose(jvp(LM))/LM.forward/LM._run/level_0/block_1/
   mlp/wo/dot_general' -> 'bwd/level_0/block_1/mlp/wo/dot_general'."""
-  parts = [re.sub(r"\(.*\)$", "", p) for p in op_name.split("/")[1:]
-           if not p.startswith(("LM.", "vmap("))]
+  parts = [re.sub(r"\(.*\)$", "", re.sub(r"^jit\((.+)\)$", r"\1", p))   # jit(f) -> f
+           for p in op_name.split("/")[1:] if not p.startswith(("LM.", "vmap("))]
   return "/".join(PASSES.get(p, p) for p in parts)
 
 
