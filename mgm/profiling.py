@@ -9,6 +9,10 @@ jax writes it as <workdir>/profile/plugins/profile/<run>/<host>.xplane.pb (for
 TensorBoard / XProf) and <host>.trace.json.gz (Chrome trace JSON, for Perfetto);
 `python -m benchmarks.profile_summary WORKDIR` sums it by op.
 
+The traced steps run slower (the profiler records every Python call on the
+host, and step b waits for the trace to be written): the tokens/s and MFU of
+the log windows holding them read low.
+
 Multi-host: only process 0 traces (its own devices and host); the other
 processes run the same SPMD steps untraced, without waiting on their outputs."""
 import os
