@@ -205,6 +205,10 @@ def base_config():
   c.mesh.tensor = 1                     # model parallel (mlp, heads, vocab)
   c.mesh.rules = MESH_RULES
 
+  c.profile = mlc.ConfigDict()          # a jax.profiler trace in <workdir>/profile
+  c.profile.steps = ""                  # "a,b": of steps a..b, from 1 (a >= 2: no compile);
+                                        # "" = off (mgm/profiling.py)
+
   c.distributed = mlc.ConfigDict()      # multi-host: jax.distributed.initialize()
   c.distributed.auto = False            # TPU pod slice / SLURM: jax finds the coordinator
   c.distributed.coordinator_address = ""  # or explicit: host:port of process 0

@@ -11,7 +11,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from mgm import batches, checkpoint, conditioned, evaluation, flops, samples
+from mgm import batches, checkpoint, conditioned, evaluation, flops, profiling, samples
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError, WorkdirError
 from mgm.files import MetricsWriter, last_logged, set_aside, write_json
@@ -113,6 +113,7 @@ class Trainer:
                                           "wall_s", start))
     self.eval_set = batches.eval_set(self.config, setup.placement)
     self.meter = Throughput(setup.tokens_per_step)
+    self.profiler = profiling.Profiler(self.config.profile.steps, workdir, enabled=is_main())
     self.last_eval = {}
     stats = pipeline.source_stats(self.config.data)
     self.references = {k: stats[k] for k in REFERENCES if k in stats}
@@ -135,7 +136,9 @@ class Trainer:
       self.save_config()   # no step left to run
     for step in bar:
       batch = self.setup.placement.global_batch(next(self.data_iter))
+      self.profiler.before(step + 1, state)
       state, metrics = self.setup.train_step(state, batch)
+      self.profiler.after(step + 1, (state, metrics))
       if step == start:
         self.save_config()
       done = step + 1
@@ -298,6 +301,7 @@ def train(config, workdir) -> dict:
     try:
       state = trainer.steps(state, start, preempt)
     finally:
+      trainer.profiler.stop()      # a trace in progress is written, whatever happened
       mngr.wait_until_finished()   # a save in flight completes, whatever happened
       writer.close()
   if preempt.signal:

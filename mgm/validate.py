@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from mgm import conditioned, decode, prompts, sharding
+from mgm import conditioned, decode, profiling, prompts, sharding
 from mgm.data import paired, pipeline, sources
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
@@ -131,6 +131,7 @@ def validate(config):
   _validate_data(config.data)
   _validate_train(config.train)
   _validate_checkpoint(config.checkpoint, config.train)
+  _validate_profile(config.profile.steps, config.train.steps)
   spec = spec_lib.from_config(config.model)
   if spec.vocab_size < VOCAB_SIZE:
     raise ConfigError("model.vocab_size", f"{spec.vocab_size} is below the tokenizer's "
@@ -253,6 +254,17 @@ def _validate_train(train):
   if not _is_number(smoothing) or not 0.0 <= smoothing < 1.0:
     raise ConfigError("train.label_smoothing", f"must lie in [0, 1) (0 = off), got "
                       f"{smoothing!r}")
+
+
+def _validate_profile(steps: str, train_steps: int):
+  """profile.steps: '' (off) or 'a,b' with 1 <= a <= b <= train.steps."""
+  try:
+    trace = profiling.parse_steps(steps)
+  except ValueError as e:
+    raise ConfigError("profile.steps", str(e)) from None
+  if trace and trace[1] > train_steps:
+    raise ConfigError("profile.steps", f"the last step {trace[1]} is after train.steps="
+                      f"{train_steps}, so the trace would never end; lower it")
 
 
 def _validate_checkpoint(ckpt, train):

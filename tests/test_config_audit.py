@@ -79,6 +79,7 @@ BAD = {
     "model.remat_policy": ["some"],
     "model.rope_base": [0.0],
     "model.vocab_size": [256],
+    "profile.steps": ["3", "2,x", "0,2", "3,2", "2,21", "1,2,3", 23],   # tiny: 20 steps
     "sample.banned": [all_utf8_bytes(), "\udcff"],
     "sample.beam_size": [0],
     "sample.forced_prefix": ["x" * 33, "\udcff"],
