@@ -57,7 +57,8 @@ def forward_flops_per_sequence(spec, seq_len: int, executed: bool = False) -> fl
                     _keys(spec, i, positions[i], seq_len, executed))
     if i:
       total += levels[i - 1].upsample_kind.flops(levels[i - 1].width, level.width,
-                                                 positions[i])           # parent context
+                                                 positions[i], positions[i - 1],
+                                                 executed)               # parent context
     if i < n - 1:
       child_width, children = levels[i + 1].width, positions[i + 1]
       pool_in = level.pool_kind.in_width(child_width, children // positions[i])

@@ -22,12 +22,16 @@ TEXT = "Hi there. Go!\n\nNew para, ok; more words here. End"
 PROMPTS = ["", "Hi", "Hi there. G", "Hi there. Go!\n\nNew pa"]   # lengths 0, 2, 11, 21
 
 
-@pytest.fixture(scope="module", params=lm_configs.MODELS + ("megabyte-linear-upsampling",))
+UPSAMPLED = {"megabyte-linear-upsampling": "linear",
+             "hourglass-attention-upsampling": "attention:linear"}   # preset-kind: upsample
+
+
+@pytest.fixture(scope="module", params=lm_configs.MODELS + tuple(UPSAMPLED))
 def preset(request):
   name = request.param.split("-")[0]
   config = lm_configs.get_config(f"model={name},size=tiny")
-  if request.param.endswith("linear-upsampling"):
-    config.model.levels[0].upsample = "linear"
+  if request.param in UPSAMPLED:
+    config.model.levels[0].upsample = UPSAMPLED[request.param]
   model = LM(spec_lib.from_config(config.model))
   params = init_params(model, jax.random.key(0), (2, config.data.seq_len))
   return model, params, config.data.seq_len

@@ -53,6 +53,21 @@ def test_formula_matches_xla_cost_analysis_within_10_percent(model, monkeypatch)
   assert flops.train_flops_per_token(spec, config.data.seq_len) <= analytic
 
 
+def test_attention_upsampling_flops_match_xla_cost_analysis_within_10_percent():
+  """The kind's own count, isolated: Hourglass with attention + linear upsampling
+  less Hourglass with linear upsampling, analytic (as executed) against XLA."""
+  configs, analytic = [], []
+  for upsample in ("attention:linear", "linear"):
+    config = lm_configs.get_config("model=hourglass,size=demo")
+    config.model.levels[0].upsample = upsample
+    config.train.batch_size = 2
+    spec = spec_lib.from_config(config.model)
+    configs.append(config)
+    analytic.append(flops.train_flops_per_token(spec, config.data.seq_len, executed=True))
+  measured = xla_step_flops(configs[0]) - xla_step_flops(configs[1])
+  assert abs((analytic[0] - analytic[1]) - measured) / measured < 0.10, (analytic, measured)
+
+
 # Hand counts, per token, in FLOPs (2 per multiply-add), x3 for forward and backward.
 # A block of width w over a query attending to k keys: q, k, v, o projections
 # (4 w^2 multiply-adds) and the MLP (2 x 4 w^2), i.e. 24 w^2 FLOPs, plus scores

@@ -63,6 +63,13 @@ CASES = {
         dict(width=16, depth=1, heads=2, units="fixed:4", pool="attention", span="parent",
              upsample="linear"),
         dict(width=24, depth=1, heads=2, span="parent")),
+    "word-attention-upsampling": two_level("word", "mean", upsample="attention"),
+    "3-level-fixed-attention-linear-upsampling": levels_config(
+        dict(width=32, depth=1, heads=2, units="fixed:16", pool="mean",
+             upsample="attention:linear"),
+        dict(width=16, depth=1, heads=2, units="fixed:4", pool="mean", span="parent",
+             upsample="attention"),
+        dict(width=24, depth=1, heads=2, span="parent")),
     "3-level-sentence-over-fixed": levels_config(
         dict(width=32, depth=1, heads=2, units="sentence", pool="mean", max_len=12,
              max_units=48, aux_loss="first", aux_weight=0.5),
@@ -192,6 +199,8 @@ def test_new_boundary_positions_do_not_recompile():
 @pytest.mark.parametrize("levels,seq_len,field", [
     (two_level("word", "concat"), 48, r"model\.levels\[0\]\.pool"),
     (two_level("word", "mean", upsample="linear"), 48, r"model\.levels\[0\]\.upsample"),
+    (two_level("word", "mean", upsample="attention:linear"), 48,
+     r"model\.levels\[0\]\.upsample"),
     (two_level("fixed:5", "mean"), 48, r"data\.seq_len"),
     (levels_config(dict(width=30, depth=1, heads=4)), 48, r"model\.levels\[0\]\.heads"),
     (levels_config(dict(width=32, depth=1, heads=2, units="word", pool="mean"),

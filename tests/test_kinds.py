@@ -23,6 +23,7 @@ from mgm.nn.fusion import FUSION
 from mgm.nn.mixers import MIXERS
 from mgm.nn.pooling import POOLING
 from mgm.nn.span import SPANS
+from mgm.nn import upsample
 from mgm.nn.upsample import UPSAMPLING
 
 # One or more config strings per registered kind (a new kind needs one here).
@@ -30,7 +31,7 @@ EXAMPLES = {
     "units": ["fixed:3", "word", "sentence", "paragraph", "bytes:,;", "document"],
     "span": ["full", "parent", "window:3"],
     "pool": POOLING.names(),
-    "upsample": UPSAMPLING.names(),
+    "upsample": ["repeat", "linear", "attention", "attention:repeat", "attention:linear"],
     "mixer": ["attention", "lstm", "gru", "conv:2"],
     "encoder": ENCODERS.names(),
     "fusion": ["concat", "gated", "attention:4"],
@@ -96,6 +97,44 @@ def test_pooling_static_dynamic_and_incremental_forms_agree(name):
     prefix = kind.from_prefix(x, member, scores, jnp.argmax(member, 1), patch)
     np.testing.assert_allclose(kind.final(prefix), pooled[:, unit], atol=1e-5)
     assert np.all(np.asarray(prefix["count"]) == member.sum(1))
+
+
+# -- upsampling -----------------------------------------------------------------
+
+def test_attention_upsampling_reads_its_documents_units_up_to_its_own_one_child_at_a_time():
+  """Teacher-forced == one child at a time over units of 1..3 children in two
+  documents; a child's output ignores later units and other documents' units
+  (changed below) and reads its own unit's context (changed: it moves)."""
+  kind, rng, width = UPSAMPLING.parse("attention"), np.random.default_rng(2), 8
+  row_parents, num = _units(rng, 12, 3)
+  parents = jnp.broadcast_to(jnp.asarray(row_parents[:9]), (2, 9))       # no padding here
+  unit_docs = jnp.broadcast_to((jnp.arange(num) >= num // 2).astype(jnp.int32), (2, num))
+  child_docs = jnp.take_along_axis(unit_docs, parents, axis=1)
+  ctx = jnp.asarray(rng.normal(size=(2, num, width)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(2, 9, width)), jnp.float32)
+  module = kind.projection(width, width, None, jnp.float32, "up", heads=2)
+  visible = upsample.visible_units(parents, num, unit_docs, child_docs)
+  params = module.init(jax.random.key(0), ctx, query, visible)
+  project = lambda *a: module.apply(params, *a)
+  forced = lambda c: kind.teacher_forced(project, c, None, parents, query, visible)
+  out = forced(ctx)
+  for j, p in enumerate(row_parents[:9]):
+    one = kind.incremental(project, ctx[:, p], None, query[:, j], ctx, upsample.visible_units(
+        parents[:, j], num, unit_docs, child_docs[:, j]))
+    np.testing.assert_allclose(one, out[:, j], atol=1e-5, err_msg=f"child {j}")
+    hidden = (jnp.arange(num) > p) | (unit_docs[0] != unit_docs[0, p])
+    changed = jnp.where(hidden[None, :, None], ctx + 1.0, ctx)
+    np.testing.assert_allclose(forced(changed)[:, j], out[:, j], atol=1e-5,
+                               err_msg=f"child {j} read a later unit or another document")
+    assert not np.allclose(forced(ctx.at[:, p].add(1.0))[:, j], out[:, j], atol=1e-4)
+
+
+def test_attention_upsampling_takes_repeat_or_linear_and_names_the_field_otherwise():
+  assert not UPSAMPLING.parse("attention:repeat").needs_fixed_children
+  assert UPSAMPLING.parse("attention:linear").needs_fixed_children
+  with pytest.raises(KindError, match="attention:linear") as error:
+    UPSAMPLING.parse("attention:concat")
+  assert error.value.field == "upsample"
 
 
 # -- units --------------------------------------------------------------------

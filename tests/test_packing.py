@@ -34,10 +34,13 @@ BEFORE = ["Hi there. A b", "x", "Some other words, here. Yes"]   # 13, 1, 27 byt
 
 
 def model_of(name, packing="document_mask"):
-  """A tiny preset; 'megabyte-linear': MEGABYTE with linear upsampling."""
+  """A tiny preset; 'megabyte-linear': MEGABYTE with linear upsampling;
+  'hourglass-attention': Hourglass with attention + linear upsampling."""
   config = lm_configs.get_config(f"model={name.split('-')[0]},size=tiny")
   if name.endswith("-linear"):
     config.model.levels[0].upsample = "linear"
+  if name.endswith("-attention"):
+    config.model.levels[0].upsample = "attention:linear"
   return LM(spec_lib.from_config(config.model), packing)
 
 
@@ -66,7 +69,7 @@ def logits(name, rows, packing="document_mask"):
   return np.asarray(_apply(name, packing)(params_of(name), jnp.asarray(padded)))[:len(rows)]
 
 
-@pytest.mark.parametrize("name", lm_configs.MODELS + ("megabyte-linear",))
+@pytest.mark.parametrize("name", lm_configs.MODELS + ("megabyte-linear", "hourglass-attention"))
 def test_a_documents_logits_do_not_depend_on_what_was_packed_before_it(name):
   # DOC alone, then after documents of 13, 1+27 and 27 bytes (so it starts
   # mid-patch for megabyte/hourglass), the last two differing only in content.
@@ -85,7 +88,7 @@ def test_a_documents_logits_do_not_depend_on_what_was_packed_before_it(name):
 ALPHABET = np.array(list(b"ab  .!\n") + [EOS], np.int32)
 
 
-@pytest.mark.parametrize("name", ["megabyte", "mgm3"])
+@pytest.mark.parametrize("name", ["megabyte", "hourglass-attention", "mgm3"])
 def test_causal_with_documents_ending_anywhere(name):
   """Changing tokens >= j (EOS among them) leaves logits <= j unchanged."""
   rng = np.random.default_rng(0)
@@ -102,7 +105,8 @@ def test_causal_with_documents_ending_anywhere(name):
                                err_msg=f"a change at position {j} leaked backwards")
 
 
-@pytest.mark.parametrize("name", ["flat", "megabyte", "megabyte-linear", "mgm3"])
+@pytest.mark.parametrize("name", ["flat", "megabyte", "megabyte-linear", "hourglass-attention",
+                                  "mgm3"])
 def test_cached_steps_equal_teacher_forced_across_document_ends(name):
   """Prefill a prompt, then step through a row of several documents: the
   decoder's logits equal the teacher-forced ones at every position."""

@@ -32,7 +32,7 @@ from mgm.data.tokenizer import BOS, EOS
 from mgm.model import segment as seg_lib
 from mgm.model.lm import LM
 from mgm.nn.pooling import where_rows
-from mgm.nn.upsample import child_slots
+from mgm.nn.upsample import child_slots, visible_units
 
 
 class Parts:
@@ -57,11 +57,19 @@ class Parts:
     """Level i's start vector (the shifted input of its first unit). [D_i]"""
     return self.lm.starts[i]
 
-  def context(self, i, ctx, kid):
+  def context(self, i, ctx, kid, query, parent, doc):
     """Level i-1 context [B, D] -> the input added to its child at position `kid`
-    [B] within it, as the parent's upsampling kind does it."""
+    [B] within it, as the parent's upsampling kind does it. A kind that attends
+    reads the child's input `query` [B, D_i] and, from level i-1's state
+    `parent`, the contexts of its open unit and the earlier ones of the
+    child's document `doc` [B]."""
     kind = self.lm.spec.levels[i - 1].upsample_kind
-    return kind.incremental(self.pure(self.lm.contexts[i - 1]), ctx, kid)
+    project = self.pure(self.lm.contexts[i - 1])
+    if not kind.attends:
+      return kind.incremental(project, ctx, kid)
+    contexts = parent["ctxs"]                                     # [B, N, D]
+    visible = visible_units(parent["closed"], contexts.shape[1], parent["doc_of_slot"], doc)
+    return kind.incremental(project, ctx, kid, query, contexts, visible)
 
   def pool(self, i, method):
     return self.pure(self.lm.pools[i], method)
@@ -190,6 +198,8 @@ def prefill(model: LM, params, tokens, lengths, cond=None, memory=None):
         "pos_of_slot": docs[i][1],
         "kid": _kid(seg, i, closed[i], b),
     })
+    if level.upsample_kind.attends:          # every unit slot's context, for its children
+      state["levels"][-1]["ctxs"] = out["contexts"][i]
   return out["logits"], state
 
 
@@ -234,11 +244,11 @@ def _pool_and_close(parts, model, i, lv, elem, has, close):
 
 
 def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc, new_doc,
-               parent_close):
+               parent_close, parent=None):
   """Where level i closed a unit, run G_i on the new one: input = the closed unit's
   summary, or the start vector where it opens document `doc` [B] (`new_doc` [B])
-  (+ its parent's context, which opened a unit too where `parent_close` [B]);
-  its output is the new unit's context."""
+  (+ its parent's context, which opened a unit too where `parent_close` [B];
+  `parent`: level i-1's state); its output is the new unit's context."""
   level = model.levels[i]
   closed = lv["closed"] + close.astype(jnp.int32)
   kid = lv["kid"] if parent_close is None else jnp.where(
@@ -255,7 +265,8 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
   down = jnp.where(new_doc[:, None], parts.start(i).astype(down.dtype), down)
 
   def step_level(caches):
-    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, kid)
+    x = down if parent_ctx is None else down + parts.context(i, parent_ctx, kid, down,
+                                                             parent, doc)
     mask, pos = unit_keys(level, closed, lv, parent_of_slot.shape[1])
     # Rows that did not close write nothing (index past the end): their open
     # unit's keys, which later units read, stay as they are.
@@ -264,6 +275,8 @@ def _open_unit(parts, model, i, lv, down, parent_ctx, parent_closed, close, doc,
 
   ctx, gen = jax.lax.cond(jnp.any(close), step_level, lambda c: (lv["ctx"], c), lv["gen"])
   ctx = jnp.where(close[:, None], ctx, lv["ctx"])
+  if "ctxs" in lv:                                  # the open unit's slot holds its context
+    lv["ctxs"] = lv["ctxs"].at[rows, slot].set(ctx)
   return {**lv, "gen": gen, "ctx": ctx, "closed": closed, "kid": kid}
 
 
@@ -291,7 +304,8 @@ def step(model: LM, params, state, token):
   parent_ctx, parent_closed = None, None
   for i in range(n - 1):                                # up path: coarse -> fine
     lvs[i] = _open_unit(parts, model, i, lvs[i], downs[i], parent_ctx, parent_closed,
-                        bounds[i], doc, new_doc, bounds[i - 1] if i else None)
+                        bounds[i], doc, new_doc, bounds[i - 1] if i else None,
+                        lvs[i - 1] if i else None)
     parent_ctx, parent_closed = lvs[i]["ctx"], lvs[i]["closed"]
   tok_unit = state["tok_unit"]
   if n > 1:
@@ -299,7 +313,8 @@ def step(model: LM, params, state, token):
   tok_doc = tok_doc.at[rows, nxt].set(doc)
   doc_start = jnp.where(new_doc, nxt, doc_start)
   x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
-  x = x if parent_ctx is None else x + parts.context(n - 1, parent_ctx, lvs[-1]["len"])
+  if parent_ctx is not None:
+    x = x + parts.context(n - 1, parent_ctx, lvs[-1]["len"], x, lvs[-1], doc)
   mask, pos = token_keys(model, nxt, tok_unit, tok_doc, doc_start, slots)
   out, tok_gen = run_stack(parts.stack("gen", n - 1), x, state["tok_gen"], nxt, mask, pos,
                            state["tok_cross"])

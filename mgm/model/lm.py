@@ -39,6 +39,7 @@ from mgm.model.spec import ModelSpec
 from mgm.nn.layers import Embed, Linear, RMSNorm
 from mgm.nn.pooling import Pool
 from mgm.nn.span import SPANS
+from mgm.nn.upsample import visible_units
 from mgm.nn.transformer import ACTIVATION, Stack
 
 
@@ -137,7 +138,8 @@ class LM(nn.Module):
     shapes it (mgm/nn/upsample.py)."""
     parent, child = self.spec.levels[i - 1], self.spec.levels[i]
     return parent.upsample_kind.projection(parent.width, child.width,
-                                           self._static_patch(i - 1), dtype, f"context_{i}")
+                                           self._static_patch(i - 1), dtype, f"context_{i}",
+                                           heads=child.heads)
 
   # -- layout helpers --------------------------------------------------------
 
@@ -207,11 +209,17 @@ class LM(nn.Module):
     return [doc_positions(per_unit(seg.unit_of_token[i], seg.max_units[i]))
             for i in range(n - 1)] + [doc_positions(ids)]
 
-  def _upsample(self, ctx, i, seg):
+  def _upsample(self, ctx, i, seg, x, docs):
     """Context of level i-1 units [B, N, D_{i-1}] -> what each element of level i
-    adds to its input [B, L, D_i]."""
+    adds to its input x [B, L, D_i] (the query of a kind that attends, reading
+    its own unit and the earlier ones of its document)."""
     kind = self.spec.levels[i - 1].upsample_kind
-    return kind.teacher_forced(self.contexts[i - 1], ctx, self._patch(i - 1), seg.parents(i - 1))
+    parents, visible = seg.parents(i - 1), None
+    if kind.attends:
+      same_doc = (docs[i - 1].ids, docs[i].ids) if docs[i] is not None else ()
+      visible = visible_units(parents, ctx.shape[1], *same_doc)
+    return kind.teacher_forced(self.contexts[i - 1], ctx, self._patch(i - 1), parents,
+                               query=x, visible=visible)
 
   # -- forward ---------------------------------------------------------------
 
@@ -272,7 +280,7 @@ class LM(nn.Module):
       if docs[i] is not None:                                  # documents start afresh
         x = jnp.where(docs[i].first[..., None], first.reshape(-1).astype(x.dtype), x)
       if ctx is not None:
-        x = x + self._upsample(ctx, i, seg)
+        x = x + self._upsample(ctx, i, seg, x, docs)
       ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg,
                       docs[i], memory if levels[i].cross_attention else None)
       contexts.append(ctx)
