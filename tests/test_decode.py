@@ -22,8 +22,9 @@ TEXT = "Hi there. Go!\n\nNew para, ok; more words here. End"
 PROMPTS = ["", "Hi", "Hi there. G", "Hi there. Go!\n\nNew pa"]   # lengths 0, 2, 11, 21
 
 
-UPSAMPLED = {"megabyte-linear-upsampling": "linear",
-             "hourglass-attention-upsampling": "attention:linear"}   # preset-kind: upsample
+UPSAMPLED = {"megabyte-linear-upsampling": "linear",          # preset-kind: every coarse
+             "hourglass-attention-upsampling": "attention:linear",   # level's upsample
+             "mgm3-attention-upsampling": "attention"}
 
 
 @pytest.fixture(scope="module", params=lm_configs.MODELS + tuple(UPSAMPLED))
@@ -31,7 +32,8 @@ def preset(request):
   name = request.param.split("-")[0]
   config = lm_configs.get_config(f"model={name},size=tiny")
   if request.param in UPSAMPLED:
-    config.model.levels[0].upsample = UPSAMPLED[request.param]
+    for level in config.model.levels[:-1]:
+      level.upsample = UPSAMPLED[request.param]
   model = LM(spec_lib.from_config(config.model))
   params = init_params(model, jax.random.key(0), (2, config.data.seq_len))
   return model, params, config.data.seq_len
