@@ -39,7 +39,9 @@ class LevelSpec:
   (static bound per sequence; derived for fixed units), `pool` (children ->
   unit vector), `upsample` (unit context -> its children: `repeat` gives every
   child the same projection, `linear` one projection per child position, as
-  Hourglass's linear upsampling; fixed units only) and an optional auxiliary
+  Hourglass's linear upsampling, fixed units only; `attention[:repeat|:linear]`
+  each child cross-attends to the contexts of its document's units up to its
+  own, Hourglass's attention upsampling, plus the named one) and an optional auxiliary
   loss on their context vectors. `mixer` is what carries information along
   the level (attention, lstm, gru, conv:K).
 
@@ -62,7 +64,7 @@ class LevelSpec:
   max_len: int = 0             #                                (mgm/model/units.py)
   max_units: int = 0
   pool: str = "mean"           # concat | mean | attention | last | max (mgm/nn/pooling.py)
-  upsample: str = "repeat"     # repeat | linear                (mgm/nn/upsample.py)
+  upsample: str = "repeat"     # repeat | linear | attention[:linear] (mgm/nn/upsample.py)
   aux_loss: str = ""           # '' | bag | first
   aux_weight: float = 0.0
   mixer: str = "attention"     # attention | lstm | gru | conv:K (mgm/nn/mixers.py)
