@@ -128,11 +128,12 @@ def run_stack(fn, x, caches, index, mask, pos, cross=None):
 def _caches_from(sown, name, level, depth, batch):
   """The per-position caches stack `name`'s mixers sowed (keys and values,
   recurrent states or inputs; mgm/nn/mixers.py) -> one cache per block, each
-  leaf [B, S, ...] (patches unfolded)."""
-  layer = level.mixer_kind.param_name
+  leaf [B, S, ...] (patches unfolded), in the mixer's step layout (`step_cache`:
+  attention's keys and values are [B, N, S, H])."""
+  kind = level.mixer_kind
   unfold = lambda a: a.reshape(batch, -1, *a.shape[2:])
-  return [jax.tree.map(unfold, sown[name][f"block_{j}"][layer]["cache"][0])
-          for j in range(depth)]
+  return [kind.step_cache(jax.tree.map(unfold, sown[name][f"block_{j}"][kind.param_name]
+                                       ["cache"][0])) for j in range(depth)]
 
 
 def _cross_from(sown, name, level, memory):

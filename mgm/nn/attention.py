@@ -135,10 +135,10 @@ class SelfAttention(nn.Module):
     """x: [B, T, D], positions: [B, T] -> [B, T, D]; `doc_ids` [B, T]: see `attend`.
 
     Teacher-forced, it also sows its keys and values ('intermediates'/'cache') for
-    the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, S, N, H]), x is
-    one step [B, 1, D]: its key and value are written at slot `index` [B] and
-    the query attends to the slots `key_mask` gives (see cached_attention); returns
-    (out, cache).
+    the decoder's prefill. Incremental (`cache` = {'k', 'v'}: [B, N, S, H], see
+    step_layout), x is one step [B, 1, D]: its key and value are written at slot
+    `index` [B] and the query attends to the slots `key_mask` gives (see
+    cached_attention); returns (out, cache).
     """
     head_dim = self.width // self.heads
     proj = lambda name: Linear((self.width, self.heads, head_dim), ("embed", "heads", "kv"),
@@ -165,7 +165,8 @@ class SelfAttention(nn.Module):
 
 
 def cached_attention(q, k, v, cache, index, key_mask):
-  """One query step against a KV cache. q, k, v: [B, 1, N, H]; cache k, v: [B, S, N, H].
+  """One query step against a KV cache. q, k, v: [B, 1, N, H]; cache k, v:
+  [B, N, S, H] (heads before slots, `step_layout`).
 
   The step's key and value are written at slot `index` [B] (an index >= S
   writes nothing: a row that is not stepping). `key_mask` is (start [B], mask
@@ -173,15 +174,25 @@ def cached_attention(q, k, v, cache, index, key_mask):
   a local span reads W slots, not S.
   """
   rows = jnp.arange(q.shape[0])
-  write = lambda c, x: c.at[rows, index].set(x[:, 0].astype(c.dtype), mode="drop")
+  write = lambda c, x: c.at[rows, :, index].set(x[:, 0].astype(c.dtype), mode="drop")
   cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
   start, mask = key_mask
   keys, values = cache["k"], cache["v"]
-  if mask.shape[1] < keys.shape[1]:
-    slots = (start[:, None] + jnp.arange(mask.shape[1]))[:, :, None, None]   # [B, W, 1, 1]
-    keys = jnp.take_along_axis(keys, slots, axis=1)
-    values = jnp.take_along_axis(values, slots, axis=1)
-  scores = jnp.einsum("bqnh,bsnh->bnqs", q, keys) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  if mask.shape[1] < keys.shape[2]:
+    slots = (start[:, None] + jnp.arange(mask.shape[1]))[:, None, :, None]   # [B, 1, W, 1]
+    keys = jnp.take_along_axis(keys, slots, axis=2)
+    values = jnp.take_along_axis(values, slots, axis=2)
+  scores = jnp.einsum("bqnh,bnsh->bnqs", q, keys) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   scores = jnp.where(mask[:, None, None, :], scores.astype(jnp.float32), -1e30)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return cache, jnp.einsum("bnqs,bsnh->bqnh", probs, values)
+  return cache, jnp.einsum("bnqs,bnsh->bqnh", probs, values)
+
+
+def step_layout(cache):
+  """The sown cache (k, v: [B, S, N, H], as the teacher-forced pass makes them)
+  -> the layout `cached_attention` steps on, [B, N, S, H]. With the slots next
+  to the head dimension, each head's keys and values are one contiguous [S, H]
+  matrix: the step's two batched matmuls (batch B x N) read the cache in place.
+  In [B, S, N, H], XLA on CPU copied every cache to a transposed layout at every
+  step (benchmarks/results/generate_batch_scaling.md)."""
+  return {"k": cache["k"].swapaxes(1, 2), "v": cache["v"].swapaxes(1, 2)}

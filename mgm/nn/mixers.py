@@ -17,7 +17,8 @@ Every mixer layer has the same two call forms:
                   for the decoder's prefill;
   incremental     (h [B, 1, D], positions, cache=, index=, key_mask=) ->
                   (out, cache): the cache holds one entry per slot (keys and
-                  values, recurrent states, or inputs), the step writes slot
+                  values, recurrent states, or inputs; `step_cache` puts the
+                  sown one in the layout the step reads), the step writes slot
                   `index` [B] (>= S: writes nothing) and reads what
                   `key_mask` = (start [B], mask [B, W]) lets it see.
 So the cached decoder treats every mixer alike (mgm/model/incremental.py).
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from mgm.kinds import Kind, KindError, Registry, positive_arg
-from mgm.nn.attention import SelfAttention
+from mgm.nn.attention import SelfAttention, step_layout
 from mgm.nn.layers import Dtype, Linear
 
 MIXERS = Registry("mixer", "mixer", "attention, lstm, gru or conv:K (K >= 1 taps)")
@@ -55,6 +56,11 @@ class Mixer(Kind, abc.ABC):
   def flops(self, width: int, keys: float) -> float:
     """Forward matmul FLOPs per position of one layer (keys: attended per query)."""
 
+  def step_cache(self, cache):
+    """The sown per-position cache (leaves [B, S, ...]) -> the one the incremental
+    form steps on (default: the same)."""
+    return cache
+
 
 @MIXERS.register
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +75,9 @@ class Attention(Mixer):
 
   def flops(self, width, keys):
     return 2 * 4 * width * width + 2 * 2 * width * keys   # q, k, v, o; scores, values
+
+  def step_cache(self, cache):
+    return step_layout(cache)                            # k, v: [B, N, S, H]
 
 
 class _Recurrent(Mixer):
