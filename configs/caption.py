@@ -37,8 +37,8 @@ SHAPES = {"tiny": (32, 64, 1, 2, 8, 144, 20, 8),
 
 def encoder(kind: str, size: str) -> mlc.ConfigDict:
   side, width, depth, heads, patch, _, _, _ = SHAPES[size]
-  if kind == "image_cnn":    # stages of stride 2 after a stem of stride `patch`/2
-    return mlc.ConfigDict(dict(kind=kind, width=width, depth=depth + 1, heads=1,
+  if kind == "image_cnn":    # 3 stages (2 for tiny), stride 2 after a stem of stride patch/2
+    return mlc.ConfigDict(dict(kind=kind, width=width, depth=2 if size == "tiny" else 3, heads=1,
                                patch=max(patch // 2, 1), max_len=0, image_size=side,
                                channels=3, mlp_ratio=4))
   return mlc.ConfigDict(dict(kind=kind, width=width, depth=depth, heads=heads, patch=patch,

@@ -250,7 +250,8 @@ def conditioned_run(c, seq_len: int, steps: int, batch: int, examples: int):
   c.train.update(steps=steps, batch_size=batch, warmup_steps=max(steps // 20, 1),
                  eval_every=max(steps // 4, 1), log_every=max(steps // 20, 1))
   c.checkpoint.every_steps = c.train.eval_every
-  c.eval.update(examples=examples, continuations=0)
+  c.eval.update(examples=examples, continuations=0, prompt_tokens=seq_len // 2,
+                new_tokens=seq_len // 4)
   c.sample.update(strategy="greedy", num_samples=1, max_new_tokens=seq_len - 1)
   return c
 

@@ -124,6 +124,15 @@ def test_the_presets_are_valid():
     validate(get_config(preset))
 
 
+@pytest.mark.parametrize("size", ["tiny", "demo", "small", "base"])
+def test_the_conditioned_presets_are_valid(size):
+  from configs import caption, seq2seq
+  for encoder in caption.ENCODERS:
+    validate(caption.get_config(f"size={size},model=mgm3,encoder={encoder}"))
+  for task in seq2seq.TASKS:
+    validate(seq2seq.get_config(f"size={size},task={task}"))
+
+
 def refusal(config) -> str:
   with pytest.raises(ConfigError) as error:
     validate(config)
