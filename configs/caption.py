@@ -9,6 +9,9 @@ Presets, after the colon: a size, or `key=value,...` with
   encoder  image_vit (default) | image_cnn
 
   python launch.py --config=configs/caption.py:demo --workdir=runs/caption
+      (400 steps of 32 captions: 3 min 36 s on 2 quiet CPU cores, 2026-11-29;
+      held-out exact match 18.8%, BLEU 62.5, CIDEr-D 5.0, 0.103 bits/byte; the
+      same run with --config.data.blind_inputs=True: 0.0%, 24.3, 0.8, 0.235)
   python launch.py --config=configs/caption.py:model=mgm3,encoder=image_cnn,size=demo \\
       --workdir=runs/caption_mgm3
 
