@@ -11,6 +11,10 @@ Presets, after the colon: a size, or `key=value,...` with
            embedded corpus with exact references (mgm/data/paired.py)
 
   python launch.py --config=configs/seq2seq.py:demo --workdir=runs/translate
+      (2026-11-29, 2 shared cores: 7 min; 1.84 bits/byte, BLEU 1.7: the sentence
+      shapes are learned, the invented lexicon is not, in 400 steps)
+  python launch.py --config=configs/seq2seq.py:task=copy,size=demo --workdir=runs/copy
+      (3 min 10 s; exact match 50%, BLEU 73.4, 0.083 bits/byte)
   python launch.py --config=configs/seq2seq.py:task=summarize,model=mgm3 --workdir=runs/sum
 
 Real data through TFDS (no TensorFlow), e.g. WMT:
