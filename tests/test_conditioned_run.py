@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from configs import caption, seq2seq
-from mgm import loop, sharding
+from mgm import loop
 from mgm.data import paired, pipeline
 from mgm.errors import ConfigError
-from mgm.setup import Setup
+from test_sharding import train as train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,15 +122,6 @@ def test_launch_exits_2_with_one_line_for_a_bad_image(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def train_steps(config, devices, batches):
-  setup = Setup.create(config, mesh=sharding.make_mesh(config.mesh, devices))
-  state, losses = setup.state, []
-  for batch in batches:
-    state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
-    losses.append(float(metrics["loss"]))
-  return losses, state
-
-
 @pytest.mark.parametrize("preset", ["caption", "seq2seq"])
 def test_an_encoder_decoder_trains_on_a_2x2x2_mesh_like_on_one_device(preset):
   config = (caption.get_config("tiny") if preset == "caption" else
@@ -139,9 +130,9 @@ def test_an_encoder_decoder_trains_on_a_2x2x2_mesh_like_on_one_device(preset):
   data = pipeline.make_dataset(config.data, "train", batch_size=8, seed=0)
   batches = [b for _, b in zip(range(2), data)]
   config.mesh.update(data=1, fsdp=1, tensor=1)
-  ref_losses, ref_state = train_steps(config, jax.devices()[:1], batches)
+  ref_losses, ref_state, _ = train_steps(config, jax.devices()[:1], batches)
   config.mesh.update(data=2, fsdp=2, tensor=2)
-  losses, state = train_steps(config, jax.devices(), batches)
+  losses, state, _ = train_steps(config, jax.devices(), batches)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5),
                state.params, ref_state.params)

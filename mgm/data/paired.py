@@ -19,6 +19,7 @@ Paired sources (data.source), one registered class each in REGISTRY:
   tfds       a TFDS dataset with data.tfds_target_field set (mgm/data/paired_tfds.py)
 The generated tasks' validation split is finite: data.val_examples examples.
 """
+import abc
 import functools
 import re
 
@@ -56,17 +57,17 @@ class Examples:
     return f"Examples({self._name}, {self._length} examples)"
 
 
-class PairedSource(kinds.Kind):
+class PairedSource(kinds.Kind, abc.ABC):
   """One paired task: which inputs its examples carry, and the examples."""
   field = "data.source"
 
+  @abc.abstractmethod
   def inputs(self, data_cfg) -> tuple[str, ...]:
     """The example's inputs, a subset of INPUTS in that order."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def examples(self, data_cfg, split: str):
     """Random-access examples of `split`; DataError for bad data."""
-    raise NotImplementedError
 
 
 def _generated_length(data_cfg, split: str) -> int:
@@ -119,9 +120,9 @@ class CorpusTask(PairedSource):
   def inputs(self, data_cfg):
     return ("source",)
 
+  @abc.abstractmethod
   def pair(self, corpus, document: str, index: int) -> tuple[str, str]:
     """(source, target) from document `index`."""
-    raise NotImplementedError
 
   def examples(self, data_cfg, split):
     corpus = sources.synthetic_corpus(data_cfg)
