@@ -38,17 +38,22 @@ def read_prompts(config) -> list[Prompt]:
                  f"{config.data.source!r} (sample.prompt is empty)")]
 
 
-def _read_file(path: str) -> list[Prompt]:
-  name = "sample.prompt_file"
+def read_lines(path: str, field: str, fix: str) -> list[str]:
+  """The lines of the UTF-8 file at `path` (~ expanded); ConfigError naming
+  `field` for a file that is not UTF-8 or cannot be read (`fix`: what to give)."""
   try:
     with open(os.path.expanduser(path), encoding="utf-8") as f:
-      lines = f.read().split("\n")
+      return f.read().split("\n")
   except UnicodeDecodeError as e:
-    raise ConfigError(name, f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+    raise ConfigError(field, f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
                       "save it as UTF-8") from None
   except OSError as e:
-    raise ConfigError(name, f"cannot read {path!r} ({e.strerror}); give a UTF-8 file "
-                      "with one prompt per line") from None
+    raise ConfigError(field, f"cannot read {path!r} ({e.strerror}); give {fix}") from None
+
+
+def _read_file(path: str) -> list[Prompt]:
+  name = "sample.prompt_file"
+  lines = read_lines(path, name, "a UTF-8 file with one prompt per line")
   prompts = [Prompt(line, name, f"line {i} of {path!r}")
              for i, line in enumerate(lines, start=1) if line.strip()]
   if not prompts:

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from mgm.errors import ConfigError
+from mgm.prompts import read_lines
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")   # a folder's images; other files are ignored
 FORMATS = ("PNG", "JPEG")                # what PIL must find inside
@@ -127,15 +128,8 @@ def load_sources(text: str, file: str, max_len: int) -> list[str]:
 def _read_sources(path: str) -> list[tuple[str, str, str]]:
   """(text, field, origin) for each source of the file at `path`."""
   field = "sample.source_file"
-  try:
-    with open(os.path.expanduser(path), encoding="utf-8") as f:
-      lines = f.read().split("\n")
-  except UnicodeDecodeError as e:
-    raise ConfigError(field, f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                      "save it as UTF-8") from None
-  except OSError as e:
-    raise ConfigError(field, f"cannot read {path!r} ({e.strerror}); give a UTF-8 file with "
-                      "one source per line, or a .jsonl with a \"source\" per line") from None
+  lines = read_lines(path, field, "a UTF-8 file with one source per line, or a .jsonl "
+                     "with a \"source\" per line")
   jsonl = path.lower().endswith(".jsonl")
   sources = [(_json_source(line, i, path) if jsonl else line, field, f"line {i} of {path!r}")
              for i, line in enumerate(lines, start=1) if line.strip()]
