@@ -14,6 +14,7 @@ from mgm.data import paired, pipeline, shapes, sources
 from mgm.data.tokenizer import EOS, PAD
 from mgm.data.translate import Translator
 from mgm.errors import ConfigError
+from test_data import assert_batches_equal, take
 from tfds_tiny import MgmTinyCaptions
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -24,19 +25,6 @@ def data_cfg(**overrides):
   cfg.update(seq_len=48, source_len=40, val_examples=12, image_size=32)
   cfg.update(overrides)
   return cfg
-
-
-def take(dataset_or_iter, n):
-  it = iter(dataset_or_iter)
-  return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(xs, ys):
-  assert len(xs) == len(ys)
-  for x, y in zip(xs, ys):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k])
 
 
 def want_row(text: str, length: int) -> np.ndarray:

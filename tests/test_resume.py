@@ -146,29 +146,30 @@ def test_kill_9_three_times_and_sigterm_then_resume_equals_an_uninterrupted_run_
   assert any(n.startswith(f"{newest}-") for n in os.listdir(workdir / checkpoint.UNUSABLE))
 
 
+def kill_twice_and_resume(tmp_path, preset):
+  """An uninterrupted run of `preset`, and one killed with -9 after steps 3 and 9
+  and then run to the end; asserts they are the same run. (run, reference) dirs."""
+  reference = tmp_path / "reference"
+  launch(reference, preset=preset)
+  workdir = tmp_path / "run"
+  killed = [interrupt(workdir, step, signal.SIGKILL, preset)[0] for step in (3, 9)]
+  launch(workdir, preset=preset)
+  print(f"kill -9 after steps {killed}")
+  assert_same_run(workdir, reference)
+  return workdir, reference
+
+
 @pytest.mark.slow   # ~1.5 min: run by CI (.ci/run) after the default suite
 def test_kill_9_of_a_recurrent_preset_then_resume_equals_an_uninterrupted_run(tmp_path):
   """The LSTM local model (its parameters inside a scan) resumes bit for bit too."""
-  reference = tmp_path / "reference"
-  launch(reference, preset=RECURRENT)
-  workdir = tmp_path / "run"
-  killed = [interrupt(workdir, step, signal.SIGKILL, RECURRENT)[0] for step in (3, 9)]
-  launch(workdir, preset=RECURRENT)
-  print(f"kill -9 after steps {killed}")
-  assert_same_run(workdir, reference)
+  kill_twice_and_resume(tmp_path, RECURRENT)
 
 
 @pytest.mark.slow   # ~1.5 min: run by CI (.ci/run) after the default suite
 def test_kill_9_of_a_captioning_run_then_resume_equals_an_uninterrupted_run(tmp_path):
   """Encoders, cross-attention and the paired data's position resume bit for bit
   (and the held-out captions scored at the end are the same)."""
-  reference = tmp_path / "reference"
-  launch(reference, preset=CAPTION)
-  workdir = tmp_path / "run"
-  killed = [interrupt(workdir, step, signal.SIGKILL, CAPTION)[0] for step in (3, 9)]
-  launch(workdir, preset=CAPTION)
-  print(f"kill -9 after steps {killed}")
-  assert_same_run(workdir, reference)
+  workdir, reference = kill_twice_and_resume(tmp_path, CAPTION)
   summaries = [json.loads((w / "summary.json").read_text()) for w in (workdir, reference)]
   assert summaries[0]["heldout_bleu"] == summaries[1]["heldout_bleu"]
   assert ((workdir / "outputs" / f"step_{STEPS}.jsonl").read_text()
