@@ -32,12 +32,14 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--remat", action="store_true", help="recompute activations in backward")
+  p.add_argument("--scan_layers", action="store_true", help="each stack's blocks as one nn.scan")
   args = p.parse_args()
   dims = [int(x) for x in args.dims.split(",")]
   depths = [int(x) for x in args.depths.split(",")]
   config = model_config(args.model, dims, depths, args.heads, args.patch, args.seq_len)
   config.train.batch_size = args.batch
   config.model.remat = args.remat
+  config.model.scan_layers = args.scan_layers
   spec = spec_lib.from_config(config.model)
   spec_lib.check_hierarchy(spec.levels, args.seq_len)
   model = LM(spec)
@@ -55,7 +57,8 @@ def main():
   flops_per_token = flops.train_flops_per_token(spec, args.seq_len)
   emit({"bench": "train", "model": args.model, "dims": dims, "depths": depths,
         "heads": args.heads, "patch": args.patch, "seq_len": args.seq_len,
-        "batch": args.batch, "remat": args.remat, "params": param_count(state.params),
+        "batch": args.batch, "remat": args.remat,
+        "scan_layers": args.scan_layers, "params": param_count(state.params),
         "step_s": round(seconds, 4), "tokens_per_sec": round(tokens / seconds, 1),
         "seconds_per_sequence": round(seconds / args.batch, 4),
         "compile_s": round(compile_s, 1), "loss": float(metrics["loss"]),

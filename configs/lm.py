@@ -40,9 +40,11 @@ SHAPES = {"tiny": (64, 2, 2, 64), "demo": (128, 2, 4, 256),
 # Logical axis (mgm/nn, mgm/model) -> mesh axes, highest priority first: a mesh
 # axis shards at most one dimension of an array, so activations [batch, length,
 # embed] split the batch over data*fsdp and keep embed whole, while parameters
-# [embed, mlp] shard embed over fsdp and mlp over tensor.
+# [embed, mlp] shard embed over fsdp and mlp over tensor; the [depth] axis of
+# scanned blocks (model.scan_layers) stays whole.
 MESH_RULES = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"),
-              ("mlp", "tensor"), ("heads", "tensor"), ("kv", None), ("vocab", "tensor"))
+              ("mlp", "tensor"), ("heads", "tensor"), ("kv", None), ("vocab", "tensor"),
+              ("layers", None))
 
 
 def level(width, depth, heads, span="full", **coarse):
@@ -106,6 +108,9 @@ def base_config():
   c.model.qk_norm = False
   c.model.remat = False                 # recompute activations in the backward pass
   c.model.remat_policy = "full"         # full | save_dots (keep matmul outputs)
+  c.model.scan_layers = False           # each stack's blocks as one nn.scan: one block compiled,
+                                        # not depth (params blocks/block/*, leading [depth] axis;
+                                        # checkpoint.init_from converts either layout)
   c.model.dtype = "float32"             # compute dtype; parameters stay float32
   c.model.attention_impl = "auto"       # auto (cuDNN flash on GPU in bf16/fp16) | xla | cudnn
   c.model.encoders = []                 # conditioning (configs/caption.py, configs/seq2seq.py):

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mgm.errors import ConfigError, TrainingError, WorkdirError
+from mgm.model import scan_layout
 
 ITEMS = ("state", "data", "checksum")
 BEST_METRIC = "eval_bpb"   # lower is better
@@ -286,16 +287,26 @@ def restore_params(path: str, abstract_params):
   mngr = read_only_manager(directory, partial=True)
 
   def load(step):
-    _check_shapes(mngr.item_metadata(step).state.tree["params"], abstract_params,
-                  f"{directory}/{step}")
-    target = {"params": abstract_params}
-    state = ocp.args.PyTreeRestore(target, partial_restore=True,
-                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    saved_tree = mngr.item_metadata(step).state.tree["params"]
+    saved_layout, want = scan_layout.layout(saved_tree), scan_layout.layout(abstract_params)
+    same = saved_layout == want
+    abstract = abstract_params if same else scan_layout.abstract_like(abstract_params,
+                                                                      saved_layout)
+    _check_shapes(saved_tree, abstract, f"{directory}/{step}")
+    target = {"params": abstract}
+    restore_args = (ocp.checkpoint_utils.construct_restore_args(target) if same else
+                    jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))
+    state = ocp.args.PyTreeRestore(target, partial_restore=True, restore_args=restore_args)
     restored = mngr.restore(step, args=ocp.args.Composite(state=state,
                                                           checksum=ocp.args.JsonRestore()))
     saved = {k: v for k, v in (restored.checksum or {}).items() if k.startswith("params/")}
     _verify(saved, restored.state)
-    return restored.state["params"]
+    if same:
+      return restored.state["params"]
+    # model.scan_layers differs from the run that wrote them: the other layout.
+    params = scan_layout.to_layout(restored.state["params"], want)
+    return jax.tree.map(lambda a, like: jax.device_put(a, getattr(like, "sharding", None)),
+                        params, abstract_params)
 
   params, step = newest_usable(mngr, load, steps)
   if step is None:

@@ -36,7 +36,7 @@ NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_l
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
 NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
 BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm",
-         "model.remat")
+         "model.remat", "model.scan_layers")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
            "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",

@@ -76,6 +76,7 @@ BAD = {
     "model.mlp_ratio": [0],
     "model.qk_norm": ["no"],
     "model.remat": [1],
+    "model.scan_layers": ["yes"],
     "model.remat_policy": ["some"],
     "model.rope_base": [0.0],
     "model.vocab_size": [256],

@@ -125,6 +125,14 @@ def run_stack(fn, x, caches, index, mask, pos, cross=None):
 
 # -- prefill -------------------------------------------------------------------
 
+def _sown_block(sown_stack, j: int):
+  """What block j of a stack sowed, unrolled ('block_j') or scanned ('blocks/block',
+  every leaf with a leading [depth] axis; model.scan_layers)."""
+  if "blocks" in sown_stack:
+    return jax.tree.map(lambda a: a[j], sown_stack["blocks"]["block"])
+  return sown_stack[f"block_{j}"]
+
+
 def _caches_from(sown, name, level, depth, batch):
   """The per-position caches stack `name`'s mixers sowed (keys and values,
   recurrent states or inputs; mgm/nn/mixers.py) -> one cache per block, each
@@ -132,7 +140,7 @@ def _caches_from(sown, name, level, depth, batch):
   attention's keys and values are [B, N, S, H])."""
   kind = level.mixer_kind
   unfold = lambda a: a.reshape(batch, -1, *a.shape[2:])
-  return [kind.step_cache(jax.tree.map(unfold, sown[name][f"block_{j}"][kind.param_name]
+  return [kind.step_cache(jax.tree.map(unfold, _sown_block(sown[name], j)[kind.param_name]
                                        ["cache"][0])) for j in range(depth)]
 
 
@@ -141,8 +149,8 @@ def _cross_from(sown, name, level, memory):
   it sowed with the memory's mask; None for other levels."""
   if not level.cross_attention:
     return None
-  return [{**sown[name][f"block_{j}"]["cross_attention"]["cross"][0], "mask": memory["mask"]}
-          for j in range(level.depth)]
+  return [{**_sown_block(sown[name], j)["cross_attention"]["cross"][0],
+           "mask": memory["mask"]} for j in range(level.depth)]
 
 
 def prefill(model: LM, params, tokens, lengths, cond=None, memory=None):

@@ -95,6 +95,7 @@ class ModelSpec:
   qk_norm: bool = False
   remat: bool = False
   remat_policy: str = "full"      # full | save_dots (mgm/nn/transformer.py)
+  scan_layers: bool = False       # each stack's blocks as one nn.scan (mgm/nn/transformer.py)
   dtype: str = "float32"
   attention_impl: str = "auto"    # auto | xla | cudnn (mgm/nn/attention.py)
   encoders: tuple = ()            # EncoderSpecs (mgm/nn/encoders.py); () = unconditioned
@@ -261,6 +262,7 @@ def from_config(model_cfg) -> ModelSpec:
       mlp_ratio=model_cfg.mlp_ratio, rope_base=float(model_cfg.rope_base),
       qk_norm=bool(model_cfg.qk_norm), remat=bool(model_cfg.remat),
       remat_policy=model_cfg.remat_policy, dtype=model_cfg.dtype,
+      scan_layers=bool(model_cfg.get("scan_layers", False)),
       attention_impl=model_cfg.attention_impl)
 
 

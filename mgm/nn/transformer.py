@@ -75,10 +75,44 @@ REMAT_POLICIES = {"full": None,
                   "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
+class ScanStep(nn.Module):
+  """One block as a step of `nn.scan` over a stack's depth (model.scan_layers):
+  (x, (cache, memory) of this block, shared arguments) -> (x, cache). Its
+  parameters carry a leading [depth] axis (logical axis 'layers')."""
+  spec: Any
+  level: Any
+  span: Any
+  unit_window: int | None = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, per_block, shared):
+    cache, memory = per_block
+    block = (nn.remat(Block, policy=REMAT_POLICIES[self.spec.remat_policy]) if self.remat
+             else Block)(self.spec, self.level, self.span, self.unit_window, name="block")
+    if cache is None:
+      positions, unit_ids, doc_ids, mem = shared
+      return block(x, positions, unit_ids, doc_ids, memory=mem if memory is None else memory), None
+    positions, index, key_mask = shared
+    return block(x, positions, cache=cache, index=index, key_mask=key_mask, memory=memory)
+
+
+def _stacked(items):
+  """A list of per-block pytrees -> one pytree with a leading [depth] axis."""
+  return None if items is None else jax.tree.map(lambda *a: jnp.stack(a), *items)
+
+
+def _unstacked(tree, depth: int) -> list:
+  return [jax.tree.map(lambda a: a[i], tree) for i in range(depth)]
+
+
 class Stack(nn.Module):
   """`depth` causal blocks (see Block for the fields); with `spec.remat` the
   backward pass recomputes activations, all of them (remat_policy 'full') or
-  all but the matmul outputs ('save_dots')."""
+  all but the matmul outputs ('save_dots'). With `spec.scan_layers` the blocks
+  are one `nn.scan` (parameters 'blocks/block/...' with a leading [depth] axis):
+  one block is compiled instead of `depth`, the same function
+  (mgm/model/scan_layout.py converts the parameter trees)."""
   spec: Any
   level: Any
   depth: int
@@ -93,6 +127,9 @@ class Stack(nn.Module):
     cross_attention): one memory dict for every block, or, incremental, a list
     of one per block (their projected keys and values)."""
     remat = self.spec.remat and caches is None
+    if self.spec.scan_layers:
+      return self._scanned(x, positions, unit_ids, caches, index, key_mask, doc_ids, memory,
+                           remat)
     block = nn.remat(Block, policy=REMAT_POLICIES[self.spec.remat_policy]) if remat else Block
     new_caches = []
     for i in range(self.depth):
@@ -105,3 +142,17 @@ class Stack(nn.Module):
                          memory=mem)
         new_caches.append(cache)
     return x if caches is None else (x, new_caches)
+
+  def _scanned(self, x, positions, unit_ids, caches, index, key_mask, doc_ids, memory, remat):
+    per_block_memory = isinstance(memory, (list, tuple))
+    scan = nn.scan(ScanStep, variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True}, in_axes=(0, nn.broadcast),
+                   length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+    step = scan(self.spec, self.level, self.span, self.unit_window, remat, name="blocks")
+    scanned_memory = _stacked(memory) if per_block_memory else None
+    if caches is None:
+      shared = (positions, unit_ids, doc_ids, None if per_block_memory else memory)
+      x, _ = step(x, (None, scanned_memory), shared)
+      return x
+    x, new = step(x, (_stacked(caches), scanned_memory), (positions, index, key_mask))
+    return x, _unstacked(new, self.depth)
