@@ -27,6 +27,8 @@ Any field can be overridden: --config.train.steps=100 --config.data.seq_len=512
 """
 import ml_collections as mlc
 
+from mgm import adversarial
+
 from mgm.data.tokenizer import VOCAB_SIZE
 from mgm.model.spec import LevelSpec, field_defaults
 
@@ -209,6 +211,9 @@ def base_config():
   c.mesh.fsdp = 1                       # batch split and parameters sharded (ZeRO-3)
   c.mesh.tensor = 1                     # model parallel (mlp, heads, vocab)
   c.mesh.rules = MESH_RULES
+
+  # experimental adversarial loss, off (weight 0): fields in mgm/adversarial.py DEFAULTS
+  c.adversarial = mlc.ConfigDict(adversarial.DEFAULTS)
 
   c.profile = mlc.ConfigDict()          # a jax.profiler trace in <workdir>/profile
   c.profile.steps = ""                  # "a,b": of steps a..b, from 1 (a >= 2: no compile);

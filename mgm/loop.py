@@ -169,7 +169,7 @@ class Trainer:
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
-           **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "adv_"))}}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
       evaluated = evaluation.held_out_loss(self.setup, state.params, self.eval_set)

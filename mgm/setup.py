@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 
+from mgm import adversarial as adv_lib
 from mgm import flops, sharding
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
@@ -33,11 +34,13 @@ class Setup:
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     placement = sharding.make_placement(config, model, tx, mesh)
     shape = (config.train.batch_size, config.data.seq_len)
-    init = placement.jit(lambda rng: init_state(model, tx, rng, shape),
+    adversarial = adv_lib.from_config(config)
+    init = placement.jit(lambda rng: init_state(model, tx, rng, shape, adversarial),
                          out_shardings=placement.state)
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
                placement.train_step(make_train_step(model, tx, config.train.grad_accum,
-                                                    config.train.label_smoothing)),
+                                                    config.train.label_smoothing,
+                                                    adversarial, config.seed)),
                placement.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 

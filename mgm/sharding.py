@@ -23,6 +23,7 @@ import optax
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mgm import adversarial as adv_lib
 from mgm.errors import ConfigError
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM, example_cond
@@ -258,7 +259,8 @@ def make_placement(config, model, tx, mesh: Mesh) -> Placement:
   _check_batch(shape[0], batch_pspec, mesh, config.train.grad_accum)
   key = jax.random.key(0)
   boxed = jax.eval_shape(lambda r: init_params(model, r, shape), key)
-  abstract = jax.eval_shape(lambda r: init_state(model, tx, r, shape), key)
+  adversarial = adv_lib.from_config(config)   # its discriminator is small: replicated
+  abstract = jax.eval_shape(lambda r: init_state(model, tx, r, shape, adversarial), key)
   is_pspec = lambda x: isinstance(x, P)
   params = _param_pspecs(boxed, rules, mesh)
   opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params,
@@ -289,7 +291,8 @@ def aot_memory_report(config, mesh: Mesh) -> dict:
   tx, _ = make_optimizer(config.train)
   placement = make_placement(config, model, tx, mesh)
   step = placement.train_step(make_train_step(model, tx, config.train.grad_accum,
-                                              config.train.label_smoothing))
+                                              config.train.label_smoothing,
+                                              adv_lib.from_config(config), config.seed))
   start = time.perf_counter()
   compiled = step.lower(placement.abstract_state, placement.abstract_batch(config.data.seq_len,
                                                                    model.spec)).compile()

@@ -1,5 +1,4 @@
 """Train state, pure train/eval steps, and the optimizer."""
-import functools
 from typing import Any
 
 import flax
@@ -8,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mgm import adversarial as adv_lib
 from mgm.model.lm import LM, conditioning, example_cond, token_loss
 
 
@@ -23,6 +23,8 @@ class TrainState:
   opt_state: Any
   skipped_steps: jax.Array        # int32: updates refused so far (non-finite, unit overflow)
   nonfinite_in_a_row: jax.Array   # int32: consecutive non-finite steps up to now
+  adversarial: Any = None         # {"params", "opt_state"} of the discriminator
+                                  # (mgm/adversarial.py), None when it is off
 
 
 def make_optimizer(train_cfg):
@@ -51,20 +53,35 @@ def init_params(model: LM, rng, batch_shape):
                     cond=cond)["params"]
 
 
-def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
+def init_state(model: LM, tx, rng, batch_shape, adversarial=None) -> TrainState:
+  """The state at step 0; with an AdversarialSpec, its discriminator's too (from a
+  key folded off `rng`, so the model's parameters do not depend on it)."""
   params = nn.meta.unbox(init_params(model, rng, batch_shape))
   zero = jnp.zeros((), jnp.int32)
+  disc = None
+  if adversarial is not None:
+    disc_params = adv_lib.init_params(adversarial, jax.random.fold_in(rng, 1), batch_shape)
+    disc = {"params": disc_params,
+            "opt_state": adv_lib.make_optimizer(adversarial).init(disc_params)}
   return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped_steps=zero,
-                    nonfinite_in_a_row=zero)
+                    nonfinite_in_a_row=zero, adversarial=disc)
 
 
-def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0):
+def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=None):
   """L = token cross-entropy (with `label_smoothing`, Szegedy et al. 2016 §7, if
   > 0) + sum_i lambda_i L_i (per-level auxiliary losses). The token loss is over
   the batch's mask: a paired batch's target tokens only. metrics['loss'] is the
-  plain cross-entropy whatever the smoothing."""
+  plain cross-entropy whatever the smoothing.
+
+  `adversarial`: (AdversarialSpec, discriminator params, PRNG key) adds
+  weight * L_adv + L_D (mgm/adversarial.py; each reaches its own parameters)."""
   logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
                             return_aux=True, cond=conditioning(batch))
+  if adversarial is not None:
+    spec, disc_params, key = adversarial
+    generator, discriminator, adv_metrics = adv_lib.losses(
+        spec, disc_params, logits, batch["tokens"], batch["mask"], key)
+    aux = {**aux, **adv_metrics, "adv_total": spec.weight * generator + discriminator}
   token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
   total = token_ce
   if label_smoothing:
@@ -72,6 +89,8 @@ def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0):
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
       total = total + level.aux_weight * aux[f"aux_{i}"]
+  if adversarial is not None:
+    total = total + aux.pop("adv_total")
   return total, {"loss": token_ce, "tokens": count, **aux}
 
 
@@ -97,12 +116,22 @@ def smoothed_token_loss(logits, tokens, mask, smoothing: float):
   return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0):
+def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0,
+                      adversarial=None):
   """Loss, metrics and gradients of the global batch, computed `accum` micro-batches
   at a time (activation memory / accum). Each micro-batch is weighted by its share
-  of the batch's tokens, so the token loss and its gradient equal one pass's."""
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing),
-                               has_aux=True)
+  of the batch's tokens, so the token loss and its gradient equal one pass's.
+  `adversarial` (AdversarialSpec, discriminator params, key): the gradients are
+  (the model's, the discriminator's); every micro-batch draws its Gumbel noise
+  from the same key (its rows differ)."""
+  def objective(trainable, one):
+    if adversarial is None:
+      return loss_fn(trainable, model, one, label_smoothing)
+    spec, _, key = adversarial
+    return loss_fn(trainable[0], model, one, label_smoothing, (spec, trainable[1], key))
+
+  grad_fn = jax.value_and_grad(lambda trainable, _, one: objective(trainable, one), has_aux=True)
+  params = params if adversarial is None else (params, adversarial[1])
   if accum == 1:
     (total, metrics), grads = grad_fn(params, model, batch)
     return total, metrics, grads
@@ -122,29 +151,46 @@ def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: flo
   return total, metrics, grads
 
 
-def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0):
+def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0,
+                    adversarial=None, seed: int = 0):
   """(state, batch) -> (state, metrics); pure, for jax.jit. `grad_accum` > 1 runs
-  the batch as that many micro-batches and applies one update."""
+  the batch as that many micro-batches and applies one update. `adversarial` (an
+  AdversarialSpec) also updates the discriminator in `state.adversarial`, with
+  Gumbel noise keyed by (`seed`, step): a resumed run draws the same noise."""
+  disc_tx = None if adversarial is None else adv_lib.make_optimizer(adversarial)
 
   def train_step(state: TrainState, batch):
+    adv = None
+    if adversarial is not None:
+      key = jax.random.fold_in(jax.random.key(seed), state.step)
+      adv = (adversarial, state.adversarial["params"], key)
     total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum,
-                                              label_smoothing)
+                                              label_smoothing, adv)
+    grads, disc_grads = (grads, None) if adv is None else grads
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     # Refuse the update (keep params and optimizer state) when units overflow
     # their static maximum (they would mix contexts) or the loss or gradient is
     # not finite; the loop stops the run on overflow or too many non-finite in a row.
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    if adv is not None:
+      finite = finite & jnp.isfinite(optax.tree.norm(disc_grads))
     ok = (metrics["unit_overflow"] == 0) & finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     params = keep(optax.apply_updates(state.params, updates), state.params)
     opt_state = keep(opt_state, state.opt_state)
+    disc = state.adversarial
+    if adv is not None:
+      disc_updates, disc_opt = disc_tx.update(disc_grads, disc["opt_state"], disc["params"])
+      disc = keep({"params": optax.apply_updates(disc["params"], disc_updates),
+                   "opt_state": disc_opt}, disc)
     skipped = state.skipped_steps + (~ok).astype(jnp.int32)
     in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
     metrics = {**metrics, "total_loss": total, "grad_norm": grad_norm,
                "skipped_steps": skipped, "nonfinite_in_a_row": in_a_row}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                      skipped_steps=skipped, nonfinite_in_a_row=in_a_row), metrics
+                      skipped_steps=skipped, nonfinite_in_a_row=in_a_row,
+                      adversarial=disc), metrics
 
   return train_step
 

@@ -12,7 +12,8 @@ import os
 import jax
 import numpy as np
 
-from mgm import conditioned, decode, profiling, prompts, sharding
+from mgm import adversarial as adv_lib
+from mgm import conditioned, decode, kinds, profiling, prompts, sharding
 from mgm.data import paired, pipeline, sources
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
@@ -26,14 +27,16 @@ POSITIVE_INTS = (
     "data.image_channels", "data.val_examples", "train.steps", "train.batch_size", "train.grad_accum",
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
-    "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size")
+    "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size", "adversarial.width",
+    "adversarial.depth", "adversarial.heads")
 NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
                      "eval.examples")
 INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
-                        "checkpoint.every_minutes", "sample.temperature")
-POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
+                        "checkpoint.every_minutes", "sample.temperature", "adversarial.weight")
+POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base", "adversarial.lr",
+                    "adversarial.gumbel_temperature")
 NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
 BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm",
          "model.remat", "model.scan_layers")
@@ -42,7 +45,7 @@ STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field"
            "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
            "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
-           "sample.source_file")
+           "sample.source_file", "adversarial.discriminator")
 # Fields that only mean something for one data source: set with another, refused.
 SOURCE_ONLY = {"data.files": ("text", "pairs"), "data.tfds_name": ("tfds",),
                "data.tfds_data_dir": ("tfds",), "data.tfds_source_field": ("tfds",),
@@ -132,6 +135,7 @@ def validate(config):
   _validate_train(config.train)
   _validate_checkpoint(config.checkpoint, config.train)
   _validate_profile(config.profile.steps, config.train.steps)
+  _validate_adversarial(config.adversarial)
   spec = spec_lib.from_config(config.model)
   if spec.vocab_size < VOCAB_SIZE:
     raise ConfigError("model.vocab_size", f"{spec.vocab_size} is below the tokenizer's "
@@ -153,6 +157,16 @@ def validate(config):
   _validate_prompts(config, spec, settings)
   _validate_continuations(config)
   _validate_conditioning(config)
+
+
+def _validate_adversarial(adv):
+  try:
+    adv_lib.DISCRIMINATORS.parse(adv.discriminator)
+  except kinds.KindError as e:
+    raise ConfigError("adversarial.discriminator", str(e)) from None
+  if adv.discriminator == "transformer" and adv.width % adv.heads:
+    raise ConfigError("adversarial.heads", f"{adv.heads} does not divide adversarial.width="
+                      f"{adv.width}; pick a divisor")
 
 
 def _validate_conditioning(config):

@@ -2,13 +2,14 @@
 import json
 import os
 
+from mgm import adversarial as adv_lib
 from mgm.errors import WorkdirError
 from mgm.files import set_aside, write_json
 from mgm.model.spec import LevelSpec, ModelSpec, field_defaults
 
-# Sections that fix the shapes of parameters and data: a run cannot continue
-# in a workdir whose saved config differs in these.
-SHAPE_SECTIONS = ("model", "data")
+# Sections that fix the shapes of parameters, the train state and data: a run
+# cannot continue in a workdir whose saved config differs in these.
+SHAPE_SECTIONS = ("model", "data", "adversarial")
 # ...except these, which change how a step is computed, not what it computes.
 COMPUTE_ONLY_FIELDS = ("model.remat", "model.remat_policy", "model.attention_impl")
 
@@ -41,6 +42,7 @@ def with_model_defaults(saved: dict) -> dict:
   for name, value in field_defaults(ModelSpec).items():
     model.setdefault(name, value)
   saved.setdefault("data", {}).setdefault("packing", "none")   # runs before data.packing
+  saved.setdefault("adversarial", dict(adv_lib.DEFAULTS))      # runs before it: off
   return saved
 
 

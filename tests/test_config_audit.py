@@ -77,6 +77,13 @@ BAD = {
     "model.qk_norm": ["no"],
     "model.remat": [1],
     "model.scan_layers": ["yes"],
+    "adversarial.weight": [-0.1],
+    "adversarial.discriminator": ["gru", 3],
+    "adversarial.width": [0],
+    "adversarial.depth": [0],
+    "adversarial.heads": [0, 3],               # 3 does not divide the width 64
+    "adversarial.lr": [0.0],
+    "adversarial.gumbel_temperature": [0.0],
     "model.remat_policy": ["some"],
     "model.rope_base": [0.0],
     "model.vocab_size": [256],

@@ -107,10 +107,10 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def interrupt(workdir, at_step, sig, preset="tiny"):
+def interrupt(workdir, at_step, sig, preset="tiny", extra=()):
   """Start the run, send `sig` once a row for `at_step` (or later) is logged;
   (the newest step logged then, the process's stdout, seconds from signal to exit)."""
-  proc = start(workdir, preset=preset)
+  proc = start(workdir, *extra, preset=preset)
   reached = wait_for_step(proc, workdir, at_step)
   sent = time.time()
   proc.send_signal(sig)
@@ -146,14 +146,15 @@ def test_kill_9_three_times_and_sigterm_then_resume_equals_an_uninterrupted_run_
   assert any(n.startswith(f"{newest}-") for n in os.listdir(workdir / checkpoint.UNUSABLE))
 
 
-def kill_twice_and_resume(tmp_path, preset):
-  """An uninterrupted run of `preset`, and one killed with -9 after steps 3 and 9
-  and then run to the end; asserts they are the same run. (run, reference) dirs."""
+def kill_twice_and_resume(tmp_path, preset, extra=()):
+  """An uninterrupted run of `preset` (with `extra` flags), and one killed with -9
+  after steps 3 and 9 and then run to the end; asserts they are the same run.
+  (run, reference) dirs."""
   reference = tmp_path / "reference"
-  launch(reference, preset=preset)
+  launch(reference, *extra, preset=preset)
   workdir = tmp_path / "run"
-  killed = [interrupt(workdir, step, signal.SIGKILL, preset)[0] for step in (3, 9)]
-  launch(workdir, preset=preset)
+  killed = [interrupt(workdir, step, signal.SIGKILL, preset, extra)[0] for step in (3, 9)]
+  launch(workdir, *extra, preset=preset)
   print(f"kill -9 after steps {killed}")
   assert_same_run(workdir, reference)
   return workdir, reference
@@ -174,6 +175,18 @@ def test_kill_9_of_a_captioning_run_then_resume_equals_an_uninterrupted_run(tmp_
   assert summaries[0]["heldout_bleu"] == summaries[1]["heldout_bleu"]
   assert ((workdir / "outputs" / f"step_{STEPS}.jsonl").read_text()
           == (reference / "outputs" / f"step_{STEPS}.jsonl").read_text())
+
+
+@pytest.mark.slow   # ~1.5 min: run by CI (.ci/run) after the default suite
+def test_kill_9_of_an_adversarial_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """The discriminator's parameters and its own optimizer state are in the
+  checkpoint (final_checksums covers them), and its Gumbel noise is keyed by
+  the step: both players resume bit for bit, and the logged adversarial losses
+  are the same rows."""
+  workdir, _ = kill_twice_and_resume(tmp_path, "tiny", ("--config.adversarial.weight=0.1",))
+  checksums = final_checksums(workdir)
+  assert any(name.startswith("adversarial/opt_state") for name in checksums), sorted(checksums)
+  assert "adv_discriminator" in rows(workdir)[-1]
 
 
 def test_a_crashed_run_resumes_to_the_uninterrupted_result_bit_for_bit(

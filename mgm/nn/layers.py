@@ -61,7 +61,9 @@ class RMSNorm(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding table [vocab, embed]."""
+  """Token embedding table [vocab, embed]: ids int [...] -> [..., embed]; or
+  distributions over the vocabulary float [..., vocab] (one-hot or relaxed
+  samples, mgm/adversarial.py) -> their expected embedding [..., embed]."""
   vocab_size: int
   width: int
   dtype: Dtype = jnp.float32
@@ -71,4 +73,7 @@ class Embed(nn.Module):
     table = self.param("embedding", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("vocab", "embed")),
         (self.vocab_size, self.width), jnp.float32)
-    return jnp.take(jnp.asarray(table, self.dtype), ids, axis=0)
+    table = jnp.asarray(table, self.dtype)
+    if jnp.issubdtype(ids.dtype, jnp.floating):
+      return jnp.einsum("...v,vd->...d", ids.astype(self.dtype), table)
+    return jnp.take(table, ids, axis=0)
