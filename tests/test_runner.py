@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import common
 from mgm import loop, runner
 from mgm.errors import ConfigError
 from mgm.validate import validate
@@ -314,18 +315,41 @@ def _pg19_books(builder, *args, **kwargs):
   return books
 
 
-@pytest.mark.parametrize("size", ["cpu", "paper"])
-@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte"])
+@pytest.mark.parametrize("size", common.SIZES)
+@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte",
+                                  "conditioning"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
+  if (name, size) == ("conditioning", "long"):   # captions are tens of bytes
+    with pytest.raises(ConfigError, match="`--experiment`: .* has no long size"):
+      runner.load(f"experiments/{name}.py:{size}")
+    return
   experiment = runner.load(f"experiments/{name}.py:{size}")
   plans = runner.planned_overrides(experiment)
   for arm in experiment.arms:
     config = runner.arm_config(arm, plans[arm.name])
-    if size == "paper":
+    if size == "paper" and name != "conditioning":
       with tfds.testing.mock_data(as_data_source_fn=_pg19_books):
         validate(config)
-    else:
+    elif size != "paper":   # conditioning at paper size: COCO, which no test prepares
       validate(config)
     # a checkpoint at least every CHECKPOINT_STEPS steps; paper-size arms also by the clock
     assert config.checkpoint.every_steps <= min(config.train.steps, runner.CHECKPOINT_STEPS)
     assert (config.checkpoint.every_minutes > 0) == (size == "paper")
+    if size in ("long", "gpu") and name != "conditioning":   # captions keep their length
+      assert config.data.seq_len >= 2048
+  assert experiment.seeds >= (2 if size == "gpu" else 3 if size != "paper" else 1)
+  if size in common.MINUTES:   # what the size promises, by its estimate
+    assert common.estimated_minutes(experiment, size) <= common.MINUTES[size]
+
+
+@pytest.mark.parametrize("name", ["granularity", "spacebyte"])
+def test_at_long_size_hierarchical_arms_train_more_steps_than_flat(name):
+  """At 2048 bytes attention makes the flat model the costliest per byte: at matched
+  FLOPs every arm with a coarse level takes more steps than the flat arm."""
+  experiment = runner.load(f"experiments/{name}.py:long")
+  plans = runner.planned_overrides(experiment)
+  flat = plans[experiment.arms[0].name]["train.steps"]
+  for arm in experiment.arms[1:]:
+    config = runner.arm_config(arm, plans[arm.name])
+    if len(config.model.levels) > 1:
+      assert plans[arm.name]["train.steps"] > 1.4 * flat, arm.name
