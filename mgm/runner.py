@@ -10,8 +10,9 @@ DIR/arms/<arm>/seed_<k> (skipping finished runs, resuming unfinished ones from
 their checkpoints), then writes DIR/results.{md,csv,json} and DIR/*.png: per arm
 the mean and sample standard deviation over seeds, and each ordering's verdict
 (mgm/significance.py). A workdir written before seeds existed (DIR/arms/<arm>
-holding the run itself) is read as that arm's seed 0. With --dry_run it prints one launch.py
-command per arm instead (for a pod or a cluster), run by the interpreter that
+holding the run itself) is read as that arm's seed 0. With --dry_run it prints
+one launch.py command per run (arm and seed) instead (for a pod or a
+cluster), run by the interpreter that
 ran the dry run (sys.executable), and nothing else on stdout, so
 `... --dry_run | sh` runs them; run the experiment again without it once they
 are done to write the tables.

@@ -240,6 +240,7 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
      " Arm('A', 'configs/lm.py:tiny')))", "arms"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),), match='time')",
      "match"),
+    ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),), seeds=0)", "seeds"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),),"
      " orderings=(('a', 'b'),))", "orderings"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny',"
