@@ -18,7 +18,7 @@ _EXPERIMENT = flags.DEFINE_string(
     "experiment", None, "Run an experiment's arms and write its table, e.g. "
     "experiments/granularity.py:cpu (instead of --config)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --experiment: print one launch.py "
-                             "command per arm instead of running them")
+                             "command per run (arm and seed) instead of running them")
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull", "--helpxml")

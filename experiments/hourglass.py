@@ -23,7 +23,7 @@ best). One ordering is claimed, the widest of Table 7's gaps among these
 arms: attention + linear below linear.
 """
 from experiments import common
-from mgm.runner import Arm, Experiment
+from mgm.runner import Experiment
 
 
 def layers(pre: int, post: int) -> dict:
@@ -31,23 +31,22 @@ def layers(pre: int, post: int) -> dict:
 
 
 def get_experiment(size: str = "cpu") -> Experiment:
-  base, model = common.overrides(size), common.preset("hourglass", size)
+  arm = lambda name, extra, paper: common.arm(name, "hourglass", size, extra, paper)
   attention, mean, linear = "attention pooling (1,1)", "mean pooling", "linear pooling"
   linear_up, attention_linear_up = "linear upsampling", "attention + linear upsampling"
-  arms = (Arm(attention, model, base, paper=1.124),
-          Arm(mean, model, {**base, "model.levels[0].pool": "mean"}, paper=1.129),
-          Arm(linear, model, {**base, "model.levels[0].pool": "concat"}, paper=1.159),
-          Arm(linear_up, model, {**base, "model.levels[0].upsample": "linear"}, paper=1.163),
-          Arm("attention upsampling", model, {**base, "model.levels[0].upsample": "attention"},
-              paper=1.145),
-          Arm(attention_linear_up, model,
-              {**base, "model.levels[0].upsample": "attention:linear"}, paper=1.132),
-          Arm("layers (0,2)", model, {**base, **layers(0, 2)}, paper=1.176),
-          Arm("layers (2,0)", model, {**base, **layers(2, 0)}, paper=1.189),
-          Arm("layers (2,2)", model, {**base, **layers(2, 2)}, paper=1.128))
+  arms = (arm(attention, {}, 1.124),
+          arm(mean, {"model.levels[0].pool": "mean"}, 1.129),
+          arm(linear, {"model.levels[0].pool": "concat"}, 1.159),
+          arm(linear_up, {"model.levels[0].upsample": "linear"}, 1.163),
+          arm("attention upsampling", {"model.levels[0].upsample": "attention"}, 1.145),
+          arm(attention_linear_up, {"model.levels[0].upsample": "attention:linear"}, 1.132),
+          arm("layers (0,2)", layers(0, 2), 1.176),
+          arm("layers (2,0)", layers(2, 0), 1.189),
+          arm("layers (2,2)", layers(2, 2), 1.128))
   return Experiment(
       name="hourglass", title="Hourglass Tables 8, 7 and 6: pooling, upsampling, and token "
       "layers around the shortened level", arms=arms, match="steps",
+      seeds=2 if size == "gpu" else common.SEEDS[size],   # gpu: 9 arms x 2 in ten minutes
       paper_metric="enwik8 validation bits/char (Hourglass Table 8: pooling; Table 7: "
                    "upsampling, where repeat is 1.148; Table 6: layers; the (1,1) row "
                    "of Table 6 is 1.171)",

@@ -4,10 +4,15 @@ An experiment file (experiments/NAME.py) defines `get_experiment(size)` and
 returns an `Experiment`: its arms (a config preset plus overrides each), how
 they are matched (the same training FLOPs or the same steps), the metric and
 the paper's numbers. `python launch.py --experiment=experiments/NAME.py:cpu
---workdir=DIR` trains the arms one after another in DIR/arms/<arm> (skipping
-finished ones, resuming unfinished ones from their checkpoints), then writes
-DIR/results.{md,csv} and DIR/*.png. With --dry_run it prints one launch.py
-command per arm instead (for a pod or a cluster), run by the interpreter that
+--workdir=DIR` trains each arm with each of `Experiment.seeds` seeds (config.seed:
+the initialisation and the data order) one after another in
+DIR/arms/<arm>/seed_<k> (skipping finished runs, resuming unfinished ones from
+their checkpoints), then writes DIR/results.{md,csv,json} and DIR/*.png: per arm
+the mean and sample standard deviation over seeds, and each ordering's verdict
+(mgm/significance.py). A workdir written before seeds existed (DIR/arms/<arm>
+holding the run itself) is read as that arm's seed 0. With --dry_run it prints
+one launch.py command per run (arm and seed) instead (for a pod or a
+cluster), run by the interpreter that
 ran the dry run (sys.executable), and nothing else on stdout, so
 `... --dry_run | sh` runs them; run the experiment again without it once they
 are done to write the tables.
@@ -57,6 +62,7 @@ class Experiment:
   paper_metric: str = ""          # what Arm.paper is: 'bits/byte, arXiv (Table 10)'
   orderings: tuple[tuple[str, str], ...] = ()   # (better, worse) arm pairs the paper reports
   notes: str = ""
+  seeds: int = 1                  # runs per arm: config.seed = the arm's seed + 0..seeds-1
 
 
 def load(experiment_path: str) -> Experiment:
@@ -89,6 +95,8 @@ def check(experiment: Experiment):
     raise ConfigError("arms", f"arm names must differ (as directory names): {names}")
   if experiment.budget_arm and experiment.budget_arm not in names:
     raise ConfigError("budget_arm", f"{experiment.budget_arm!r} is not an arm")
+  if not isinstance(experiment.seeds, int) or experiment.seeds < 1:
+    raise ConfigError("seeds", f"{experiment.seeds!r}; a whole number of runs per arm, >= 1")
   if experiment.match not in MATCHES:
     raise ConfigError("match", f"{experiment.match!r}; one of {MATCHES}")
   for better, worse in experiment.orderings:
@@ -137,8 +145,16 @@ def planned_overrides(experiment: Experiment) -> dict[str, dict]:
       steps = max(config.train.warmup_steps + 1, round(budget / flops_per_step(config)))
     every = max(1, -(-steps // experiment.evals))
     plans[arm.name] = {**arm.overrides, "train.steps": steps, "train.eval_every": every,
-                       "checkpoint.every_steps": min(every, CHECKPOINT_STEPS)}
+                       "checkpoint.every_steps": min(every, CHECKPOINT_STEPS),
+                       "seed": config.seed}
   return plans
+
+
+def seed_overrides(plan: dict, k: int) -> dict:
+  """The arm's planned overrides for its k-th seed (k = 0, 1, ...): config.seed
+  moves by k, which changes the initialisation and the training data order (the
+  corpus and the evaluation batches stay the same)."""
+  return {**plan, "seed": plan.get("seed", 0) + k}
 
 
 def arm_config(arm: Arm, overrides: dict):
@@ -157,6 +173,22 @@ def command(arm: Arm, overrides: dict, workdir: str, python: str = sys.executabl
 
 def arm_dir(workdir: str, arm: Arm) -> str:
   return os.path.join(workdir, "arms", slug(arm.name))
+
+
+def run_dir(workdir: str, arm: Arm, k: int) -> str:
+  """The k-th seed's run directory, DIR/arms/<arm>/seed_<k>; seed 0 of a workdir
+  from before seeds existed is the arm directory itself (it holds the run)."""
+  directory = arm_dir(workdir, arm)
+  legacy = any(os.path.exists(os.path.join(directory, name))
+               for name in ("summary.json", "metrics.jsonl", "checkpoints"))
+  return directory if k == 0 and legacy else os.path.join(directory, f"seed_{k}")
+
+
+def runs(experiment: Experiment, plans: dict, workdir: str) -> list[tuple[Arm, int, dict, str]]:
+  """Every run of the experiment, arm by arm, seed by seed: (arm, k, its
+  overrides, its directory)."""
+  return [(arm, k, seed_overrides(plans[arm.name], k), run_dir(workdir, arm, k))
+          for arm in experiment.arms for k in range(experiment.seeds)]
 
 
 def read_summary(directory: str) -> dict | None:
@@ -184,41 +216,54 @@ def status(directory: str, steps: int) -> str:
 
 
 def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) -> dict:
-  """Train every arm of the experiment `experiment_path` ('experiments/NAME.py:size'),
-  skipping finished ones, then write the table and plots. Returns {'table': path}
-  or, when a run was preempted, {'stopped_by', 'arm'}; with `dry_run`, prints the
-  arms' commands instead."""
-  from mgm import loop, report   # deferred: only a run that trains needs them
+  """Train every arm of the experiment `experiment_path` ('experiments/NAME.py:size')
+  with each seed, skipping finished runs, then write the table and plots. Returns
+  {'table': path} or, when a run was preempted, {'stopped_by', 'arm', 'seed'}; with
+  `dry_run`, prints the runs' commands instead."""
+  from mgm import loop   # deferred: only a run that trains needs it
   experiment = load(experiment_path)
   plans = planned_overrides(experiment)
   command_line = f"python launch.py --experiment={experiment_path} --workdir={workdir}"
   workdir = os.path.abspath(workdir)
+  todo = runs(experiment, plans, workdir)
   if dry_run:   # stdout: the commands only, so that `| sh` runs them
-    for arm in experiment.arms:
-      print(command(arm, plans[arm.name], arm_dir(workdir, arm)), flush=True)
-    print(f"# {len(experiment.arms)} arms; when they are done, the table: {command_line}",
-          file=sys.stderr)
-    return {"arms": len(experiment.arms)}
-  for i, arm in enumerate(experiment.arms):
-    directory, steps = arm_dir(workdir, arm), plans[arm.name]["train.steps"]
-    state = status(directory, steps)
-    logging.info("experiment %s, arm %d/%d %r: %s (%d steps) in %s", experiment.name, i + 1,
-                 len(experiment.arms), arm.name, state, steps, directory)
+    for arm, _, overrides, directory in todo:
+      print(command(arm, overrides, directory), flush=True)
+    print(f"# {len(todo)} runs ({len(experiment.arms)} arms x {experiment.seeds} seeds); when "
+          f"they are done, the table: {command_line}", file=sys.stderr)
+    return {"arms": len(experiment.arms), "runs": len(todo)}
+  index = {arm.name: i for i, arm in enumerate(experiment.arms)}
+  for arm, k, overrides, directory in todo:
+    state = status(directory, overrides["train.steps"])
+    seed = f" seed {k + 1}/{experiment.seeds}" if experiment.seeds > 1 else ""
+    logging.info("experiment %s, arm %d/%d %r%s: %s (%d steps) in %s", experiment.name,
+                 index[arm.name] + 1, len(experiment.arms), arm.name, seed, state,
+                 overrides["train.steps"], directory)
     if state == "done":
       continue
-    result = loop.run_mode(arm_config(arm, plans[arm.name]), directory, "train")
+    result = loop.run_mode(arm_config(arm, overrides), directory, "train")
     if "stopped_by" in result:
-      return {"stopped_by": result["stopped_by"], "arm": arm.name}
-  rows = [{"arm": arm.name, "paper": arm.paper, **finished_summary(arm_dir(workdir, arm))}
-          for arm in experiment.arms]
-  curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
-  return {"table": report.write(experiment, rows, curves, workdir, command_line)}
+      return {"stopped_by": result["stopped_by"], "arm": arm.name, "seed": k}
+  return {"table": write_results(experiment, experiment_path, todo, workdir, command_line)}
+
+
+def write_results(experiment: Experiment, experiment_path: str, todo: list, workdir: str,
+                  command_line: str) -> str:
+  """The finished runs' summaries and curves, per arm in seed order -> report.write."""
+  from mgm import report
+  summaries = {arm.name: [] for arm in experiment.arms}
+  curves = {arm.name: [] for arm in experiment.arms}
+  for arm, _, _, directory in todo:
+    summaries[arm.name].append(finished_summary(directory))
+    curves[arm.name].append(report.read_curve(directory))
+  size = experiment_path.partition(":")[2]
+  return report.write(experiment, summaries, curves, workdir, command_line, size=size)
 
 
 def result_line(result: dict) -> str:
   """The last line of an experiment run (launch.py prints it)."""
   if "stopped_by" in result:
-    return (f"stopped by {result['stopped_by']} in arm {result['arm']!r} (saved); run the same "
-            "command again to resume")
+    return (f"stopped by {result['stopped_by']} in arm {result['arm']!r}, seed "
+            f"{result.get('seed', 0)} (saved); run the same command again to resume")
   return (f"done: table {result['table']} (results.csv, loss_vs_flops.png and the bar chart "
           "beside it)")

@@ -1,6 +1,7 @@
-"""The experiment runner end to end: a tiny two-arm experiment, its arms
-trained by piping --dry_run's commands to a shell, writes its table and plots;
-a second invocation skips finished arms and resumes unfinished ones; --dry_run
+"""The experiment runner end to end: a tiny two-arm, two-seed experiment, its
+runs trained by piping --dry_run's commands to a shell, writes its table (mean ±
+std over seeds) and plots; a second invocation skips finished runs and resumes
+unfinished ones; a workdir from before seeds is read as seed 0; --dry_run
 prints commands that build the very configs the runner trains."""
 import csv
 import json
@@ -12,11 +13,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import common
 from mgm import loop, runner
 from mgm.errors import ConfigError
 from mgm.validate import validate
@@ -28,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = '''
 from mgm.runner import Arm, Experiment
 
-def get_experiment(size="tiny"):
+def get_experiment(size="tiny"):   # tiny: two seeds; one: one seed
   quick = {"train.batch_size": 8, "train.warmup_steps": 1, "train.eval_batches": 1,
            "sample.num_samples": 1, "sample.max_new_tokens": 8,
            "eval.continuations": 2, "eval.prompt_tokens": 16, "eval.new_tokens": 8}
@@ -37,8 +40,11 @@ def get_experiment(size="tiny"):
       arms=(Arm("flat", "configs/lm.py:tiny", {**quick, "train.steps": 6}, paper=1.0),
             Arm("MegaByte (P=8)", "configs/lm.py:model=megabyte,size=tiny", quick, paper=1.2)),
       match="flops", evals=2, extra_metrics=("chrf",), paper_metric="made up",
-      orderings=(("flat", "MegaByte (P=8)"),))
+      orderings=(("flat", "MegaByte (P=8)"),), seeds=2 if size == "tiny" else 1)
 '''
+
+SEEDS = 2
+ARMS = (("flat", "flat"), ("MegaByte (P=8)", "megabyte-p-8"))   # name, directory
 
 
 def launch(*args, **kwargs):
@@ -60,24 +66,36 @@ def finished(tmp_path_factory):
   assert shell.returncode == 0, shell.stderr[-3000:]
   proc = launch(f"--experiment={experiment_path}", f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "arm 1/2 'flat': done" in proc.stderr and "arm 2/2 'MegaByte (P=8)': done" in proc.stderr
+  for seed in (1, 2):
+    assert f"arm 1/2 'flat' seed {seed}/2: done" in proc.stderr
+    assert f"arm 2/2 'MegaByte (P=8)' seed {seed}/2: done" in proc.stderr
   assert proc.stdout.strip() == f"done: table {workdir / 'results.md'} (results.csv, " \
                                 "loss_vs_flops.png and the bar chart beside it)"
   return experiment_path, workdir
 
 
+def summaries(workdir, arm: str) -> list[dict]:
+  """The arm's summary.json of each seed, in seed order."""
+  return [json.loads((workdir / "arms" / arm / f"seed_{k}" / "summary.json").read_text())
+          for k in range(SEEDS)]
+
+
 def test_table_and_plots_written(finished):
   experiment_path, workdir = finished
-  for name in ("results.md", "results.csv", "loss_vs_flops.png", "eval_bpb.png"):
+  for name in ("results.md", "results.csv", "results.json", "loss_vs_flops.png", "eval_bpb.png"):
     assert (workdir / name).stat().st_size > 0, name
   rows = list(csv.DictReader(open(workdir / "results.csv")))
   assert [r["arm"] for r in rows] == ["flat", "MegaByte (P=8)"]
-  for row, arm in zip(rows, ("flat", "megabyte-p-8")):   # the table holds each arm's numbers
-    summary = json.loads((workdir / "arms" / arm / "summary.json").read_text())
-    assert float(row["eval_bpb"]) == pytest.approx(summary["eval_bpb"], rel=1e-9)
-    assert float(row["chrf"]) == pytest.approx(summary["chrf"], rel=1e-9)
+  for row, (_, arm) in zip(rows, ARMS):   # mean and sample std over the seeds' summaries
+    runs = summaries(workdir, arm)
+    assert int(row["seeds"]) == SEEDS
+    for metric in ("eval_bpb", "chrf"):
+      values = [run[metric] for run in runs]
+      assert float(row[metric]) == pytest.approx(np.mean(values), rel=1e-9)
+      assert float(row[f"{metric}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-9)
     # trained: below the 8.02 bits of a uniform guess over 259 tokens, above the floor
-    assert summary["entropy_floor_bpb"] < summary["eval_bpb"] < math.log2(259)
+    for run in runs:
+      assert run["entropy_floor_bpb"] < run["eval_bpb"] < math.log2(259)
   # matched FLOPs, by hand (tests/test_flops.py's terms; 8 x 64 tokens a step):
   #   flat: 2 blocks x (24 x 64^2 + 4 x 64 x 32 keys) + unembedding 2 x 64 x 259
   #         = 246,144 x 3 = 738,432 per token, 378,077,184 per step; 6 steps: the budget
@@ -89,8 +107,29 @@ def test_table_and_plots_written(finished):
   assert [int(r["steps"]) for r in rows] == [6, 9]
   assert [float(r["train_flops"]) for r in rows] == [6 * 378_077_184, 9 * 266_797_056]
   table = (workdir / "results.md").read_text()
+  flat = summaries(workdir, "flat")
+  mean, std = np.mean([r["eval_bpb"] for r in flat]), np.std([r["eval_bpb"] for r in flat],
+                                                              ddof=1)
+  assert f"| flat | {mean:.4g} ± {std:.2g} |" in table
   assert "flat better than MegaByte (P=8) (paper 1 < 1.2)" in table
   assert f"--experiment={experiment_path}" in table
+  record = json.loads((workdir / "results.json").read_text())
+  assert (record["size"], record["seeds"]) == ("tiny", SEEDS)
+  assert record["orderings"][0]["verdict"] in ("holds", "reversed", "within noise")
+  assert f"**{record['orderings'][0]['verdict']}**" in table
+
+
+def test_the_seeds_differ_in_initialisation_and_data_order(finished):
+  """config.seed moves by the seed index: the two seeds' runs are different runs
+  (their first training loss differs), on the same evaluation batches."""
+  _, workdir = finished
+  for _, arm in ARMS:
+    first = [json.loads((workdir / "arms" / arm / f"seed_{k}" / "metrics.jsonl").read_text()
+                        .splitlines()[0]) for k in range(SEEDS)]
+    assert first[0]["train_loss"] != first[1]["train_loss"], arm
+    configs = [json.loads((workdir / "arms" / arm / f"seed_{k}" / "config.json").read_text())
+               for k in range(SEEDS)]
+    assert [c["seed"] for c in configs] == [0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +142,7 @@ def resumed(finished, tmp_path_factory):
   experiment_path, original = finished
   workdir = tmp_path_factory.mktemp("resumed") / "run"
   shutil.copytree(original, workdir)
-  unfinished = workdir / "arms" / "flat"
+  unfinished = workdir / "arms" / "flat" / "seed_0"
   before = json.loads((unfinished / "summary.json").read_text())
   rows = (unfinished / "metrics.jsonl").read_text()
   trained, results, real_run = [], [], loop.run_mode
@@ -124,11 +163,34 @@ def resumed(finished, tmp_path_factory):
 
 
 def test_second_invocation_skips_finished_and_resumes_unfinished(resumed):
-  assert resumed["trained"][0] == []                    # both arms were finished
-  unfinished = resumed["workdir"] / "arms" / "flat"
+  assert resumed["trained"][0] == []                    # every run was finished
+  unfinished = resumed["workdir"] / "arms" / "flat" / "seed_0"
   assert resumed["trained"][1] == [str(unfinished)]
   assert (unfinished / "summary.json").exists()
   assert (unfinished / "metrics.jsonl").read_text() == resumed["rows"]   # resumed, not retrained
+
+
+def test_a_workdir_from_before_seeds_is_read_as_seed_0(finished, tmp_path, monkeypatch):
+  """An arm directory holding its run itself (the layout before seeds) is that arm's
+  seed 0: a one-seed experiment on it trains nothing and tabulates it, with no
+  verdict (one seed)."""
+  experiment_path, original = finished
+  legacy = tmp_path / "legacy"
+  for _, arm in ARMS:
+    shutil.copytree(original / "arms" / arm / "seed_0", legacy / "arms" / arm)
+
+  def no_training(*args):
+    raise AssertionError(f"trained {args[1]}")
+  monkeypatch.setattr(loop, "run_mode", no_training)
+  runner.run_experiment(experiment_path.replace(":tiny", ":one"), str(legacy))
+  rows = list(csv.DictReader(open(legacy / "results.csv")))
+  for row, (_, arm) in zip(rows, ARMS):
+    summary = json.loads((legacy / "arms" / arm / "summary.json").read_text())
+    assert float(row["eval_bpb"]) == summary["eval_bpb"]
+    assert (row["seeds"], row["eval_bpb_std"]) == ("1", "")
+  assert "**one seed: no test**" in (legacy / "results.md").read_text()
+  assert sorted(os.listdir(legacy / "arms" / "flat")) == sorted(
+      os.listdir(original / "arms" / "flat" / "seed_0"))   # no seed_0 folder made beside
 
 
 def test_a_preempted_arm_stops_the_experiment_with_its_step_saved(tmp_path, monkeypatch):
@@ -140,10 +202,11 @@ def test_a_preempted_arm_stops_the_experiment_with_its_step_saved(tmp_path, monk
   workdir = tmp_path / "run"
   sigterm_after(monkeypatch, 1)
   result = runner.run_experiment(f"{path}:tiny", str(workdir))
-  assert result == {"stopped_by": "SIGTERM", "arm": "flat"}
+  assert result == {"stopped_by": "SIGTERM", "arm": "flat", "seed": 0}
   assert os.listdir(workdir / "arms") == ["flat"]
-  assert os.listdir(workdir / "arms" / "flat" / "checkpoints") == ["1"]   # every_steps is 3
-  assert not (workdir / "arms" / "flat" / "summary.json").exists()
+  assert os.listdir(workdir / "arms" / "flat") == ["seed_0"]
+  assert os.listdir(workdir / "arms" / "flat" / "seed_0" / "checkpoints") == ["1"]   # every 3
+  assert not (workdir / "arms" / "flat" / "seed_0" / "summary.json").exists()
   assert not (workdir / "results.md").exists()
 
 
@@ -153,19 +216,22 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
   experiment = runner.load(f"{path}:tiny")
   runner.run_experiment(f"{path}:tiny", str(tmp_path / "run"), dry_run=True)
   commands = capsys.readouterr().out.splitlines()   # nothing but the commands
-  assert len(commands) == len(experiment.arms)
+  assert len(commands) == len(experiment.arms) * SEEDS
   assert all(shlex.split(c)[:2] == [sys.executable, "launch.py"] for c in commands)
   assert not (tmp_path / "run" / "arms").exists()        # nothing trained
   monkeypatch.chdir(ROOT)
   plans = runner.planned_overrides(experiment)
-  for arm, cmd in zip(experiment.arms, commands):
+  runs = [(arm, k) for arm in experiment.arms for k in range(SEEDS)]
+  for (arm, k), cmd in zip(runs, commands):
     argv = shlex.split(cmd)[1:]   # as launch.py's absl flags parse them
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "", flag_values=values)
     values(argv)
-    assert values.workdir == str(tmp_path / "run" / "arms" / runner.slug(arm.name))
-    assert values.config.to_dict() == runner.arm_config(arm, plans[arm.name]).to_dict()
+    assert values.workdir == str(tmp_path / "run" / "arms" / runner.slug(arm.name) / f"seed_{k}")
+    config = runner.arm_config(arm, runner.seed_overrides(plans[arm.name], k))
+    assert values.config.to_dict() == config.to_dict()
+    assert values.config.seed == k
 
 
 @pytest.mark.parametrize("body, field", [
@@ -174,6 +240,7 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
      " Arm('A', 'configs/lm.py:tiny')))", "arms"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),), match='time')",
      "match"),
+    ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),), seeds=0)", "seeds"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),),"
      " orderings=(('a', 'b'),))", "orderings"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny',"
@@ -194,8 +261,8 @@ def test_missing_experiment_file():
 
 def test_every_metric_row_and_summary_has_an_mfu_of_at_most_one(finished):
   _, workdir = finished
-  for arm in ("flat", "megabyte-p-8"):
-    directory = workdir / "arms" / arm
+  for arm, k in ((arm, k) for _, arm in ARMS for k in range(SEEDS)):
+    directory = workdir / "arms" / arm / f"seed_{k}"
     rows = [json.loads(l) for l in (directory / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((directory / "summary.json").read_text())
     for row in rows[1:] + [summary]:   # the first row's window is empty (compilation)
@@ -215,14 +282,14 @@ def _documented_summary_keys() -> set:
 
 def test_every_summary_key_is_documented_in_the_readme(finished):
   _, workdir = finished
-  summary = json.loads((workdir / "arms" / "flat" / "summary.json").read_text())
+  summary = json.loads((workdir / "arms" / "flat" / "seed_0" / "summary.json").read_text())
   assert set(summary) == _documented_summary_keys()
 
 
 def test_a_resumed_arm_reports_the_run_and_this_invocation_apart(resumed):
   """After a resume, wall_s and tokens cover the whole run; invocation_* this one.
   (The flat arm of `resumed`: resumed at its last step, it trains none.)"""
-  arm = resumed["workdir"] / "arms" / "flat"
+  arm = resumed["workdir"] / "arms" / "flat" / "seed_0"
   before, after = resumed["before"], resumed["result"]
   last_row = json.loads(resumed["rows"].splitlines()[-1])
   assert after == json.loads((arm / "summary.json").read_text())
@@ -249,18 +316,41 @@ def _pg19_books(builder, *args, **kwargs):
   return books
 
 
-@pytest.mark.parametrize("size", ["cpu", "paper"])
-@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte"])
+@pytest.mark.parametrize("size", common.SIZES)
+@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte",
+                                  "conditioning"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
+  if (name, size) == ("conditioning", "long"):   # captions are tens of bytes
+    with pytest.raises(ConfigError, match="`--experiment`: .* has no long size"):
+      runner.load(f"experiments/{name}.py:{size}")
+    return
   experiment = runner.load(f"experiments/{name}.py:{size}")
   plans = runner.planned_overrides(experiment)
   for arm in experiment.arms:
     config = runner.arm_config(arm, plans[arm.name])
-    if size == "paper":
+    if size == "paper" and name != "conditioning":
       with tfds.testing.mock_data(as_data_source_fn=_pg19_books):
         validate(config)
-    else:
+    elif size != "paper":   # conditioning at paper size: COCO, which no test prepares
       validate(config)
     # a checkpoint at least every CHECKPOINT_STEPS steps; paper-size arms also by the clock
     assert config.checkpoint.every_steps <= min(config.train.steps, runner.CHECKPOINT_STEPS)
     assert (config.checkpoint.every_minutes > 0) == (size == "paper")
+    if size in ("long", "gpu") and name != "conditioning":   # captions keep their length
+      assert config.data.seq_len >= 2048
+  assert experiment.seeds >= (2 if size == "gpu" else 3 if size != "paper" else 1)
+  if size in common.MINUTES:   # what the size promises, by its estimate
+    assert common.estimated_minutes(experiment, size) <= common.MINUTES[size]
+
+
+@pytest.mark.parametrize("name", ["granularity", "spacebyte"])
+def test_at_long_size_hierarchical_arms_train_more_steps_than_flat(name):
+  """At 2048 bytes attention makes the flat model the costliest per byte: at matched
+  FLOPs every arm with a coarse level takes more steps than the flat arm."""
+  experiment = runner.load(f"experiments/{name}.py:long")
+  plans = runner.planned_overrides(experiment)
+  flat = plans[experiment.arms[0].name]["train.steps"]
+  for arm in experiment.arms[1:]:
+    config = runner.arm_config(arm, plans[arm.name])
+    if len(config.model.levels) > 1:
+      assert plans[arm.name]["train.steps"] > 1.4 * flat, arm.name
