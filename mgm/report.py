@@ -187,7 +187,8 @@ def plot_bars(path: str, rows, metric: str, floor: float | None, title: str = ""
 
 
 def write(experiment, rows, curves, workdir: str, command_line: str) -> str:
-  """results.md, results.csv, loss_vs_flops.png and <metric>.png; returns results.md's path."""
+  """results.md, results.csv, loss_vs_flops.png and <metric>.png (and, for arms with a
+  series, scaling.png and the fits: mgm/scaling_report.py); returns results.md's path."""
   floors = {r.get("entropy_floor_bpb") for r in rows}
   floor = floors.pop() if len(floors) == 1 else None   # one corpus: draw its floor
   write_csv(os.path.join(workdir, "results.csv"), experiment, rows)
@@ -198,4 +199,7 @@ def write(experiment, rows, curves, workdir: str, command_line: str) -> str:
   path = os.path.join(workdir, "results.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write(markdown(experiment, rows, command_line))
+  if any(arm.series for arm in experiment.arms):   # scaling curves: fits, scaling.png
+    from mgm import scaling_report   # noqa: PLC0415  (it imports this module)
+    scaling_report.write(experiment, rows, workdir, path)
   return path
