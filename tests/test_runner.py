@@ -250,7 +250,7 @@ def _pg19_books(builder, *args, **kwargs):
 
 
 @pytest.mark.parametrize("size", ["cpu", "paper"])
-@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte"])
+@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "scaling", "spacebyte"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
   experiment = runner.load(f"experiments/{name}.py:{size}")
   plans = runner.planned_overrides(experiment)
