@@ -93,9 +93,9 @@ def _starts(loss, floor: float):
 
 
 def fit(c, loss, floor: float = 0.0, starts=None) -> Fit:
-  """Fit L(C) = E + A C^-alpha to points (C_i, L_i); DegenerateFit if impossible.
-  E is at least `floor`. `starts` (refit_start's): try these in turn, keeping the first that converges,
-  instead of the best of a spread of generic starts."""
+  """Fit L(C) = E + A C^-alpha to points (C_i FLOPs, L_i bits/byte), E >= `floor`;
+  DegenerateFit if impossible. `starts` (refit_start's): try these in turn,
+  keeping the first that converges, instead of the best of generic starts."""
   c, loss = check_points(c, loss, floor)
   scale = np.exp(np.log(c).mean())     # C / scale is of order 1
   x, log_loss = c / scale, np.log(loss)

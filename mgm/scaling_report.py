@@ -74,9 +74,9 @@ def fit_corpus(models: dict, baseline: str, replicates: int, floor: float | None
 
 def _flops(value: float) -> str:
   if value == -math.inf:
-    return "below range"
+    return "before the range"
   if value == math.inf:
-    return "never"
+    return "none in range"
   return f"{value:.3g}"
 
 
