@@ -287,7 +287,8 @@ def write(experiment, summaries: dict, curves: dict, workdir: str, command_line:
           size: str = "") -> str:
   """{arm: [summary per seed]} and {arm: [curve per seed]} -> results.md,
   results.csv, results.json (the run's record: size, seeds, machine, date,
-  command, the orderings' verdicts), loss_vs_flops.png and <metric>.png;
+  command, the orderings' verdicts), loss_vs_flops.png and <metric>.png (and,
+  for arms with a series, scaling.png and the fits: mgm/scaling_report.py);
   returns results.md's path."""
   rows = aggregate(experiment, summaries)
   floors = {r.get("entropy_floor_bpb") for r in rows}
@@ -306,4 +307,8 @@ def write(experiment, summaries: dict, curves: dict, workdir: str, command_line:
   path = os.path.join(workdir, "results.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write(markdown(experiment, rows, command_line))
+  if any(arm.series for arm in experiment.arms):   # scaling curves: fits, scaling.png
+    from mgm import scaling_report   # noqa: PLC0415  (it imports this module)
+    per_seed = [{**run, "arm": arm} for arm, runs in summaries.items() for run in runs]
+    scaling_report.write(experiment, per_seed, workdir, path)
   return path

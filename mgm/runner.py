@@ -46,6 +46,8 @@ class Arm:
   config: str                     # 'configs/lm.py:model=megabyte,size=demo'
   overrides: dict = dataclasses.field(default_factory=dict)   # 'train.lr' -> 1e-3
   paper: float | None = None      # the paper's number for this arm (Experiment.paper_metric)
+  budget_scale: float = 1.0       # trains this multiple of the experiment's budget (FLOPs or steps)
+  series: tuple[str, str] = ()    # (corpus, model): the scaling curve this arm is a point of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Experiment:
   orderings: tuple[tuple[str, str], ...] = ()   # (better, worse) arm pairs the paper reports
   notes: str = ""
   seeds: int = 1                  # runs per arm: config.seed = the arm's seed + 0..seeds-1
+  baseline: str = ""              # the series model others' fitted curves are compared to
+                                  # (mgm/scaling_report.py: crossover budgets)
 
 
 def load(experiment_path: str) -> Experiment:
@@ -103,6 +107,22 @@ def check(experiment: Experiment):
     for name in (better, worse):
       if name not in names:
         raise ConfigError("orderings", f"{name!r} is not an arm of {experiment.name!r}")
+  check_budgets(experiment)
+
+
+def check_budgets(experiment: Experiment):
+  """Arm.budget_scale > 0; Arm.series a (corpus, model) pair; Experiment.baseline one
+  of the series' models."""
+  for arm in experiment.arms:
+    if not arm.budget_scale > 0:
+      raise ConfigError(f"{arm.name}: budget_scale", f"{arm.budget_scale!r}; give a multiple > 0 "
+                        "of the experiment's budget")
+    if arm.series and len(arm.series) != 2:
+      raise ConfigError(f"{arm.name}: series", f"{arm.series!r}; give (corpus, model)")
+  models = {arm.series[1] for arm in experiment.arms if arm.series}
+  if experiment.baseline and experiment.baseline not in models:
+    raise ConfigError("baseline", f"{experiment.baseline!r} is no arm's series model; one of "
+                      f"{sorted(models)}")
 
 
 def slug(name: str) -> str:
@@ -140,9 +160,10 @@ def planned_overrides(experiment: Experiment) -> dict[str, dict]:
   plans = {}
   for arm in experiment.arms:
     config = configs[arm.name]
-    steps = config.train.steps
+    steps = max(1, round(config.train.steps * arm.budget_scale))
     if experiment.match == "flops":
-      steps = max(config.train.warmup_steps + 1, round(budget / flops_per_step(config)))
+      steps = max(config.train.warmup_steps + 1,
+                  round(budget * arm.budget_scale / flops_per_step(config)))
     every = max(1, -(-steps // experiment.evals))
     plans[arm.name] = {**arm.overrides, "train.steps": steps, "train.eval_every": every,
                        "checkpoint.every_steps": min(every, CHECKPOINT_STEPS),

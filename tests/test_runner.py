@@ -317,7 +317,7 @@ def _pg19_books(builder, *args, **kwargs):
 
 
 @pytest.mark.parametrize("size", common.SIZES)
-@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "spacebyte",
+@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "scaling", "spacebyte",
                                   "conditioning"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
   if (name, size) == ("conditioning", "long"):   # captions are tens of bytes
@@ -338,7 +338,9 @@ def test_shipped_experiments_load_and_make_valid_configs(name, size):
     assert (config.checkpoint.every_minutes > 0) == (size == "paper")
     if size in ("long", "gpu") and name != "conditioning":   # captions keep their length
       assert config.data.seq_len >= 2048
-  assert experiment.seeds >= (2 if size == "gpu" else 3 if size != "paper" else 1)
+  # scaling: one seed per (model, budget) point, its curve's budgets replicating it
+  assert experiment.seeds >= (1 if size == "paper" or name == "scaling" else
+                              2 if size == "gpu" else 3)
   if size in common.MINUTES:   # what the size promises, by its estimate
     assert common.estimated_minutes(experiment, size) <= common.MINUTES[size]
 
