@@ -67,7 +67,7 @@ def rng(seed: int, split: str, index: int) -> np.random.Generator:
 def _random_segmentation(items: int, segments: int, gen) -> np.ndarray:
   """`items` split into `segments` positive lengths, uniformly over the
   compositions (T5's _random_segmentation). int [segments]"""
-  cuts = np.sort(gen.choice(items - 1, segments - 1, replace=False)) + 1
+  cuts = np.sort(gen.permutation(items - 1)[:segments - 1]) + 1
   return np.diff(np.concatenate([[0], cuts, [items]]))
 
 
