@@ -34,7 +34,7 @@ def data_cfg(**overrides):
 
 @pytest.fixture(scope="module")
 def documents() -> list[str]:
-  """100 texts of 1 to 20 synthetic corpus documents (~200 to ~5000 bytes)."""
+  """100 texts of 1 to 20 synthetic corpus documents (28 to ~6000 bytes, 257 KB)."""
   corpus = sources.synthetic_corpus(lm.base_config().data)
   docs = [corpus.document(i, "train") for i in range(1050)]
   ends = np.cumsum([1 + i % 20 for i in range(100)])

@@ -78,7 +78,7 @@ def span_mask(length: int, density: float, mean_span: float, gen) -> np.ndarray:
     return np.zeros(length, bool)
   masked = min(max(int(round(length * density)), 1), length - 1)
   spans = max(int(round(masked / mean_span)), 1)
-  spans = min(spans, length - masked)   # each span needs an unmasked run before it
+  spans = min(spans, masked, length - masked)   # each span needs an unmasked run before it
   masked_runs = _random_segmentation(masked, spans, gen)
   kept_runs = _random_segmentation(length - masked, spans, gen)
   runs = np.stack([kept_runs, masked_runs], axis=1).reshape(-1)
