@@ -123,8 +123,8 @@ def base_config():
   c.data = mlc.ConfigDict()
   c.data.source = "synthetic"           # synthetic | text | tfds; paired tasks (one example
                                         # a row, mgm/data/paired.py): shapes | translate |
-                                        # summarize | copy | reverse | pairs | tfds with a
-                                        # tfds_*_field set
+                                        # summarize | copy | reverse | autoencode | pairs |
+                                        # tfds with a tfds_*_field set
   c.data.seq_len = SHAPES["demo"][3]
   c.data.corpus_seed = 0                # the synthetic corpus's identity
   c.data.packing = "document_mask"      # document_mask (packed documents do not see each
@@ -146,6 +146,14 @@ def base_config():
   c.data.image_channels = 3             # paired: 3 (RGB) or 1 (grey)
   c.data.blind_inputs = False           # paired: zero images / empty sources (a blind arm)
   c.data.val_examples = 1000            # generated paired tasks: validation set size
+  # autoencode's noise (mgm/data/noise.py): span (T5/ByT5 span corruption) | bytes | both
+  c.data.noise = "span"
+  c.data.noise_density = 0.15           # span: fraction of bytes masked (T5: 0.15)
+  c.data.noise_mean_span = 20.0         # span: mean masked span, bytes (ByT5: 20; >= 1)
+  c.data.noise_delete = 0.05            # bytes: P(a byte is deleted)
+  c.data.noise_replace = 0.05           # bytes: P(a byte is replaced by another)
+  c.data.noise_insert = 0.05            # bytes: P(a random byte is inserted before a byte)
+  c.data.noise_seed = 0                 # the noise's identity (with split and example index)
 
   c.train = mlc.ConfigDict()
   c.train.steps = 200

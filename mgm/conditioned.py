@@ -75,7 +75,7 @@ def heldout_scores(config, model, params, step: int, workdir: str | None) -> dic
 
 
 def _write(workdir, step, examples, cond, hyps, refs):
-  rows = [{"id": i, **({"source": x["source"]} if "source" in x else {}),
+  rows = [{"id": i, **({"source": paired.readable(x["source"])} if "source" in x else {}),
            "references": r, "generated": h}
           for i, (x, h, r) in enumerate(zip(examples, hyps, refs))]
   outputs.write_outputs(workdir, step, rows)

@@ -14,7 +14,7 @@ import numpy as np
 
 from mgm import adversarial as adv_lib
 from mgm import conditioned, decode, kinds, profiling, prompts, sharding
-from mgm.data import paired, pipeline, sources
+from mgm.data import noise, paired, pipeline, sources, tokenizer
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
 from mgm.model import segment
@@ -30,7 +30,7 @@ POSITIVE_INTS = (
     "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size", "adversarial.width",
     "adversarial.depth", "adversarial.heads")
 NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
-                     "eval.examples")
+                     "eval.examples", "data.noise_seed")
 INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
@@ -43,6 +43,7 @@ BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "mod
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
            "data.tfds_train_split", "data.tfds_eval_split", "data.tfds_data_dir",
            "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",
+           "data.noise",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
            "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
            "sample.source_file", "adversarial.discriminator")
@@ -51,7 +52,7 @@ SOURCE_ONLY = {"data.files": ("text", "pairs"), "data.tfds_name": ("tfds",),
                "data.tfds_data_dir": ("tfds",), "data.tfds_source_field": ("tfds",),
                "data.tfds_target_field": ("tfds",), "data.tfds_image_field": ("tfds",)}
 # Bytes that never occur in UTF-8 text; banning all the others leaves only these.
-NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
+NOT_IN_UTF8 = frozenset(tokenizer.NOT_IN_UTF8)
 
 
 def get(config, dotted):
@@ -195,7 +196,7 @@ def _validate_encoder_inputs(config, spec):
   if not paired.is_paired(data):
     raise ConfigError("data.source", f"{data.source!r} has no images or sources for the "
                       "model's encoders; use a paired source (shapes, translate, summarize, "
-                      "copy, reverse, pairs, or tfds with data.tfds_*_field)")
+                      "copy, reverse, autoencode, pairs, or tfds with data.tfds_*_field)")
   have = paired.inputs(data)
   for i, e in enumerate(spec.encoders):
     field = f"model.encoders[{i}]"
@@ -231,6 +232,27 @@ def _validate_data(data):
                       "name such as tiny_shakespeare")
   if not 0.0 < data.val_fraction < 1.0:
     raise ConfigError("data.val_fraction", f"must lie in (0, 1), got {data.val_fraction!r}")
+  _validate_noise(data)
+
+
+def _validate_noise(data):
+  """autoencode's noise (mgm/data/noise.py), checked whatever data.source is: a
+  known kind, each rate in [0, 1), delete + replace < 1, a mean span >= 1 byte."""
+  if data.noise not in noise.KINDS:
+    raise ConfigError("data.noise", f"unknown noise {data.noise!r}; use one of {noise.KINDS}")
+  for name in ("density", "delete", "replace", "insert"):
+    rate = data[f"noise_{name}"]
+    if not _is_number(rate) or not 0.0 <= rate < 1.0:
+      raise ConfigError(f"data.noise_{name}", f"a probability per byte must lie in [0, 1), "
+                        f"got {rate!r}")
+  if data.noise_delete + data.noise_replace >= 1.0:
+    raise ConfigError("data.noise_replace", f"data.noise_delete={data.noise_delete} plus "
+                      f"data.noise_replace={data.noise_replace} is not below 1 (a byte is "
+                      "deleted or else replaced); lower one")
+  span = data.noise_mean_span
+  if not _is_number(span) or span < 1:
+    raise ConfigError("data.noise_mean_span", f"a mean span of masked bytes must be a "
+                      f"number >= 1, got {span!r}")
 
 
 def _open_source(data):

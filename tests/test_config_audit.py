@@ -38,6 +38,13 @@ BAD = {
     "data.tfds_source_field": ["article"],     # set while data.source is synthetic
     "data.tfds_target_field": ["highlights"],  # set while data.source is synthetic
     "data.val_examples": [0],
+    "data.noise": ["mask", 3],
+    "data.noise_density": [1.0, -0.1, "0.15"],
+    "data.noise_mean_span": [0.5, "20"],
+    "data.noise_delete": [1.0],
+    "data.noise_replace": [-0.5, 0.96],        # 0.96 + data.noise_delete 0.05 >= 1
+    "data.noise_insert": [1.0, True],
+    "data.noise_seed": [-1, 0.5],
     "data.seq_len": [0],
     "data.packing": ["segment_ids", ""],
     "data.source": ["parquet"],

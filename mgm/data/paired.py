@@ -15,6 +15,8 @@ Paired sources (data.source), one registered class each in REGISTRY:
   translate  corpus sentences -> the synthetic target language (mgm/data/translate.py)
   summarize  a corpus document's body -> its title line
   copy       target = source;  reverse: target = source reversed (characters)
+  autoencode target = a passage, source = its bytes noised (mgm/data/noise.py);
+             the source is bytes (sentinels are not UTF-8), every other task's a str
   pairs      local JSONL / TSV files (mgm/data/pair_files.py)
   tfds       a TFDS dataset with data.tfds_target_field set (mgm/data/paired_tfds.py)
 The generated tasks' validation split is finite: data.val_examples examples.
@@ -26,7 +28,7 @@ import re
 import numpy as np
 
 from mgm import kinds
-from mgm.data import shapes, sources
+from mgm.data import noise, shapes, sources
 from mgm.data.tokenizer import EOS, PAD, encode
 from mgm.data.translate import Translator
 from mgm.errors import DataError
@@ -170,6 +172,26 @@ class Reverse(CorpusTask):
 
 
 @REGISTRY.register
+class Autoencode(CorpusTask):
+  """Denoising: the target is a passage, the source the same passage noised by
+  data.noise (span corruption and/or byte noise), a function of (data.noise_seed,
+  split, index)."""
+  name = "autoencode"
+
+  def pair(self, corpus, document, index):
+    text = passage(document, index)
+    return text, text
+
+  def examples(self, data_cfg, split):
+    clean, settings = super().examples(data_cfg, split), noise.from_config(data_cfg)
+
+    def make(i):
+      example = clean[i]
+      return {**example, "source": noise.corrupt(example["target"], settings, split, i)}
+    return Examples(len(clean), make, f"{self.name} {split}")
+
+
+@REGISTRY.register
 class Pairs(PairedSource):
   name = "pairs"
 
@@ -229,8 +251,8 @@ def held_out_examples(data_cfg, n: int) -> list[dict]:
   return [held_out[i] for i in range(min(n, len(held_out)))]
 
 
-def token_row(text: str, length: int) -> np.ndarray:
-  """UTF-8 bytes of `text` + EOS, PAD after: int32 [length]. Texts of `length`
+def token_row(text: str | bytes, length: int) -> np.ndarray:
+  """UTF-8 bytes of `text` (bytes: as they are) + EOS, PAD after: int32 [length]. Texts of `length`
   bytes or more are cut to their first `length` bytes (no EOS)."""
   ids = np.append(encode(text), np.int32(EOS))[:length]
   return np.pad(ids, (0, length - len(ids)), constant_values=PAD).astype(np.int32)
@@ -252,6 +274,13 @@ def encode_example(example: dict, *, seq_len: int, source_len: int,
     image = np.asarray(example["image"], np.uint8)
     row["image"] = np.zeros_like(image) if blind else image
   return row
+
+
+def readable(source: str | bytes) -> str:
+  """A source for people (outputs, logs): a str as it is; bytes (autoencode's)
+  decoded as UTF-8, each byte outside valid UTF-8 (a sentinel, a noised byte)
+  written \\xNN."""
+  return source if isinstance(source, str) else source.decode("utf-8", "backslashreplace")
 
 
 def fit_image(image, size: int, channels: int) -> np.ndarray:
@@ -284,8 +313,8 @@ def describe(data_cfg) -> str:
   source_len - 1 bytes: their EOS is cut)."""
   val = examples(data_cfg, "validation")
   sample = [val[i] for i in range(min(len(val), _DESCRIBE_EXAMPLES))]
-  longer = lambda key, limit: sum(len(e[key].encode("utf-8")) >= limit for e in sample
-                                  if key in e)
+  size = lambda text: len(text.encode("utf-8") if isinstance(text, str) else text)
+  longer = lambda key, limit: sum(size(e[key]) >= limit for e in sample if key in e)
   train = len(examples(data_cfg, "train"))
   return (f"data: paired task {data_cfg.source!r}, inputs {inputs(data_cfg) or 'none'}, "
           f"train {'unbounded' if train == TRAIN_LENGTH else f'{train:,}'} examples, "

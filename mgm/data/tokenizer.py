@@ -11,6 +11,9 @@ PAD = 256
 BOS = 257
 EOS = 258
 VOCAB_SIZE = 259
+# The 13 byte values no UTF-8 text contains (overlong leads, beyond U+10FFFF),
+# highest first: autoencode's sentinels (mgm/data/noise.py).
+NOT_IN_UTF8 = (*range(0xFF, 0xF4, -1), 0xC1, 0xC0)
 
 _NEWLINE = ord("\n")
 
