@@ -14,7 +14,6 @@ directories left by a crash) are moved to `checkpoints_unusable/` next to
 """
 import datetime
 import os
-import shutil
 import time
 import types
 
@@ -26,7 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mgm import checksums
+from mgm import checksums, files
 from mgm.errors import ConfigError, WorkdirError
 
 ITEMS = ("state", "data", "checksum")
@@ -74,8 +73,8 @@ def manager(workdir: str, ckpt_cfg, enable_async: bool = True) -> ocp.Checkpoint
       best_fn=best_metric if ckpt_cfg.keep_best else None, best_mode="min",
       preservation_policy=policies.AnyPreservationPolicy(keep),
       save_decision_policy=policies.AnySavePolicy(when))
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=ITEMS)
+  return ocp.CheckpointManager(files.path(workdir) / "checkpoints", options=options,
+                               item_names=ITEMS)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, metrics=None,
@@ -158,9 +157,9 @@ def restore_newest(mngr, abstract_state, data_iter=None, move_aside: bool = Fals
 
 def set_aside_partial(mngr):
   """Warn about and move aside step directories a crash left half-written."""
-  directory = str(mngr.directory)
-  partial = sorted(n for n in os.listdir(directory) if _PARTIAL in n) if os.path.isdir(
-      directory) else []
+  directory = files.path(mngr.directory)
+  partial = sorted(p.name for p in directory.iterdir() if _PARTIAL in p.name) if (
+      directory.is_dir()) else []
   for name in partial:
     logging.warning("checkpoint step %s in %s was left partial (the run stopped while "
                     "saving it); ignoring it", name.split(".")[0], directory)
@@ -170,14 +169,13 @@ def set_aside_partial(mngr):
 
 def _move_aside(mngr, names):
   """Move step directories to checkpoints_unusable/ (process 0; all hosts wait)."""
-  directory = str(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), UNUSABLE)
+  directory = files.path(mngr.directory)
+  target = directory.parent / UNUSABLE
   if jax.process_index() == 0:
-    os.makedirs(target, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in names:
-      dest = os.path.join(target, f"{name}-{stamp}")
-      shutil.move(os.path.join(directory, name), dest)
+      dest = (directory / name).rename(target / f"{name}-{stamp}")
       logging.warning("moved %s/%s to %s", directory, name, dest)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("mgm_checkpoint_move_aside")
@@ -194,17 +192,17 @@ def read_only_manager(directory: str, partial: bool = False) -> ocp.CheckpointMa
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def _locate(path: str):
+def _locate(path):
   """(checkpoints directory, steps or None) for a workdir, its checkpoints/
   directory, or one step directory in it."""
-  path = os.path.abspath(os.path.expanduser(path)).rstrip("/")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  if os.path.basename(path).isdigit() and os.path.isdir(path):
-    return os.path.dirname(path), [int(os.path.basename(path))]
-  if os.path.isdir(path):
+  path = files.path(os.fspath(path).rstrip("/"))
+  if (path / "checkpoints").is_dir():
+    return path / "checkpoints", None
+  if path.name.isdigit() and path.is_dir():
+    return path.parent, [int(path.name)]
+  if path.is_dir():
     return path, None
-  raise ConfigError("checkpoint.init_from", f"{path!r} is not a directory; give a workdir, "
+  raise ConfigError("checkpoint.init_from", f"{os.fspath(path)!r} is not a directory; give a workdir, "
                     "its checkpoints/ directory or one step directory in it")
 
 

@@ -1,10 +1,24 @@
 """Writing a run's files so that nothing written is lost: JSON replaced
 atomically, an old file set aside under a free name rather than overwritten,
 JSONL logs cut back to the step a run resumes from (the old file kept), and the
-metrics log (metrics.jsonl + TensorBoard events)."""
+metrics log (metrics.jsonl + TensorBoard events).
+
+Every path goes through etils.epath (`path`), so a workdir may be a local
+directory or a URL such as gs://bucket/run where that store is reachable. On
+a local disk a file is replaced atomically (a rename); an object store has no
+atomic rename, but an object is only ever seen whole."""
 import json
 import os
 import time
+
+from etils import epath
+
+
+def path(p) -> epath.Path:
+  """`p` (str, pathlib or epath) as an epath.Path: a local path absolute with
+  ~ expanded; a URL (gs://bucket/run, with `://`) as it is."""
+  text = os.fspath(p)
+  return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
 
 
 class MetricsWriter:
@@ -22,9 +36,10 @@ class MetricsWriter:
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # deferred: only process 0 needs it
-    truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+    workdir = path(workdir)
+    truncate_after(workdir / "metrics.jsonl", start_step)
+    self._jsonl = (workdir / "metrics.jsonl").open("a", encoding="utf-8")
+    self._tb = SummaryWriter(os.fspath(workdir / "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -42,21 +57,21 @@ class MetricsWriter:
       self._tb.close()
 
 
-def truncate_after(path: str, step: int):
+def truncate_after(log, step: int):
   """Drop the rows of a JSONL log with step > `step`; the file as it was is kept
   beside it as <name>-<time>.jsonl (nothing written is lost). Returns that path,
   or None when no row was dropped."""
-  if not os.path.exists(path):
+  log = path(log)
+  if not log.exists():
     return None
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
   keep = [line for line in lines if _row_step(line) <= step]
   if len(keep) == len(lines):
     return None
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.writelines(keep)
-  backup = set_aside(path)
-  os.replace(path + ".tmp", path)
+  tmp = _tmp(log)
+  tmp.write_text("".join(keep), encoding="utf-8")
+  backup = set_aside(log)
+  tmp.replace(log)
   return backup
 
 
@@ -75,35 +90,39 @@ def _plain(value):
   return value
 
 
-def write_json(path: str, obj: dict):
+def _tmp(target: epath.Path) -> epath.Path:
+  return target.parent / (target.name + ".tmp")
+
+
+def write_json(target, obj: dict):
   """Write atomically: a crash never leaves a half-written JSON file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_plain)
-    f.write("\n")
-  os.replace(tmp, path)
+  target = path(target)
+  tmp = _tmp(target)
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n",
+                 encoding="utf-8")
+  tmp.replace(target)
 
 
-def set_aside(path: str):
+def set_aside(target):
   """Rename an existing file to <stem>-<time><ext> (a free name), so writing
-  `path` afresh loses nothing. Returns the new name, or None if there was no file."""
-  if not os.path.exists(path):
+  `target` afresh loses nothing. Returns the new name (a str), or None if there
+  was no file."""
+  target = path(target)
+  if not target.exists():
     return None
-  stem, ext = os.path.splitext(path)
-  stem, n = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}", 0
-  while os.path.exists(kept := f"{stem}{f'-{n}' if n else ''}{ext}"):
+  stem, n = f"{target.stem}-{time.strftime('%Y%m%d-%H%M%S')}", 0
+  while (kept := target.parent / f"{stem}{f'-{n}' if n else ''}{target.suffix}").exists():
     n += 1
-  os.replace(path, kept)
-  return kept
+  target.replace(kept)
+  return os.fspath(kept)
 
 
-def last_logged(path: str, key: str, step: int, default=0.0):
+def last_logged(log, key: str, step: int, default=0.0):
   """`key` of the last row of a JSONL log at or before `step` that has it (a
   resumed run's starting point, e.g. its wall time so far); `default` if none."""
-  value = default
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        if _row_step(line) <= step:
-          value = json.loads(line).get(key, value)
+  value, log = default, path(log)
+  if log.exists():
+    for line in log.read_text(encoding="utf-8").splitlines():
+      if _row_step(line) <= step:
+        value = json.loads(line).get(key, value)
   return value
