@@ -18,7 +18,23 @@ def path(p) -> epath.Path:
   """`p` (str, pathlib or epath) as an epath.Path: a local path absolute with
   ~ expanded; a URL (gs://bucket/run, with `://`) as it is."""
   text = os.fspath(p)
-  return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+  return epath.Path(text if _is_url(text) else os.path.abspath(os.path.expanduser(text)))
+
+
+def _is_url(p) -> bool:
+  return "://" in os.fspath(p)
+
+
+def _lines(log: epath.Path) -> list[str]:
+  """A text file's lines (each with its newline), none if there is no file."""
+  return log.read_text(encoding="utf-8").splitlines(keepends=True) if log.exists() else []
+
+
+def _replace(target: epath.Path, text: str):
+  """Write `text` to a .tmp file renamed over `target`: never half-written."""
+  tmp = _tmp(target)
+  tmp.write_text(text, encoding="utf-8")
+  tmp.replace(target)
 
 
 class MetricsWriter:
@@ -37,23 +53,32 @@ class MetricsWriter:
       return
     from tensorboardX import SummaryWriter  # deferred: only process 0 needs it
     workdir = path(workdir)
-    truncate_after(workdir / "metrics.jsonl", start_step)
-    self._jsonl = (workdir / "metrics.jsonl").open("a", encoding="utf-8")
+    self._log = workdir / "metrics.jsonl"
+    truncate_after(self._log, start_step)
+    if _is_url(self._log):   # an object store appends nothing: the log is rewritten whole
+      self._jsonl, self._rows = None, _lines(self._log)
+    else:
+      self._jsonl = self._log.open("a", encoding="utf-8")
     self._tb = SummaryWriter(os.fspath(workdir / "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    if self._jsonl is None:
+      self._rows.append(json.dumps(row) + "\n")
+      _replace(self._log, "".join(self._rows))
+    else:
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, int(step))
 
   def close(self):
     if self.enabled:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
 
 
@@ -62,9 +87,7 @@ def truncate_after(log, step: int):
   beside it as <name>-<time>.jsonl (nothing written is lost). Returns that path,
   or None when no row was dropped."""
   log = path(log)
-  if not log.exists():
-    return None
-  lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+  lines = _lines(log)
   keep = [line for line in lines if _row_step(line) <= step]
   if len(keep) == len(lines):
     return None
@@ -96,11 +119,7 @@ def _tmp(target: epath.Path) -> epath.Path:
 
 def write_json(target, obj: dict):
   """Write atomically: a crash never leaves a half-written JSON file."""
-  target = path(target)
-  tmp = _tmp(target)
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n",
-                 encoding="utf-8")
-  tmp.replace(target)
+  _replace(path(target), json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
 
 
 def set_aside(target):
@@ -120,9 +139,8 @@ def set_aside(target):
 def last_logged(log, key: str, step: int, default=0.0):
   """`key` of the last row of a JSONL log at or before `step` that has it (a
   resumed run's starting point, e.g. its wall time so far); `default` if none."""
-  value, log = default, path(log)
-  if log.exists():
-    for line in log.read_text(encoding="utf-8").splitlines():
-      if _row_step(line) <= step:
-        value = json.loads(line).get(key, value)
+  value = default
+  for line in _lines(path(log)):
+    if _row_step(line) <= step:
+      value = json.loads(line).get(key, value)
   return value

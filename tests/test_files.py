@@ -3,13 +3,16 @@ pathlib, with ~ or relative) or an object-store URL such as gs://bucket/run.
 
 No bucket is reachable in tests: `object_store` redirects every gs:// path that
 epath is asked about to a local directory (etils.epath.testing.mock_epath), so a
-write that bypassed epath (builtin open, os.*) would miss it and fail."""
+write that bypassed epath (builtin open, os.*) would miss it and fail; like an
+object store, it cannot append to a file."""
 import contextlib
+import io
 import json
 import os
 import pathlib
 
 import pytest
+import tensorboardX
 from etils import epath
 from etils.epath import testing as epath_testing
 
@@ -29,9 +32,14 @@ def object_store(local: pathlib.Path):
     return str(local / "gs" / text[len("gs://"):]) if text.startswith("gs://") else text
 
   one = lambda fn, p, *args, **kwargs: fn(moved(p), *args, **kwargs)
+
+  def open_(fn, p, mode):
+    if os.fspath(p).startswith("gs://") and "a" in mode:
+      raise io.UnsupportedOperation("an object store does not append")
+    return fn(moved(p), mode)
   two = lambda fn, src, dst, *args, **kwargs: fn(moved(src), moved(dst), *args, **kwargs)
   with epath_testing.mock_epath(
-      open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
+      open=open_, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
       rmtree=one, stat=one, rename=two, replace=two, copy=two):
     yield local / "gs" / URL[len("gs://"):]
 
@@ -80,3 +88,33 @@ def test_a_local_workdir_given_as_a_pathlib_path_writes_the_same_files(tmp_path)
   config.model.levels[0].width *= 2
   with pytest.raises(WorkdirError, match=f"workdir '{tmp_path / 'run'}' holds another run"):
     check_and_save_config(tmp_path / "run", config)
+
+
+class Events:
+  """Stands in for tensorboardX's SummaryWriter (gs:// needs google-cloud-storage)."""
+
+  def __init__(self, logdir, purge_step=None):
+    self.logdir = logdir
+
+  def add_scalar(self, *args):
+    pass
+
+  def close(self):
+    pass
+
+
+def test_the_metrics_log_of_a_url_workdir_is_rewritten_whole_and_cut_back_on_resume(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(tensorboardX, "SummaryWriter", Events)
+  with object_store(tmp_path) as stored:
+    epath.Path(URL).mkdir(parents=True)   # as the checkpoint manager does first
+    writer = files.MetricsWriter(URL)
+    for step in (1, 2):
+      writer.write(step, {"train_loss": 1.0 / step})
+    writer.close()
+    resumed = files.MetricsWriter(URL, start_step=1)   # step 2 is logged again
+    resumed.write(2, {"train_loss": 0.25})
+    resumed.close()
+  rows = [json.loads(line) for line in (stored / "metrics.jsonl").read_text().splitlines()]
+  assert rows == [{"step": 1, "train_loss": 1.0}, {"step": 2, "train_loss": 0.25}]
+  assert len(list(stored.glob("metrics-*.jsonl"))) == 1, "the log as it was is kept"
