@@ -1,6 +1,7 @@
 """Checkpoint policies: keep the newest N plus the best by eval_bpb; save every K
 steps and every M minutes; checksums."""
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections as mlc
 import orbax.checkpoint as ocp
 import pytest
@@ -135,3 +137,27 @@ def test_a_non_finite_state_fails_its_save_and_no_step_is_written(tmp_path):
   with pytest.raises(Exception, match="refusing to checkpoint step 4: `params/w`"):
     mngr.wait_until_finished()
   assert checkpoint.read_only_manager(str(tmp_path / "checkpoints")).all_steps() == [2]
+
+
+def old_layout_step(directory, step, saved, sums):
+  """A step as written before per-host checksums: one JSON item `checksum/metadata`
+  of process 0, each array's sha256 under "all"."""
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True),
+                               item_names=checkpoint.ITEMS)
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
+                                          checksum=ocp.args.JsonSave(sums)))
+  mngr.wait_until_finished()
+
+
+def test_a_checkpoint_of_the_old_layout_restores_and_its_whole_array_sums_are_checked(tmp_path):
+  whole = lambda a: {"all": hashlib.sha256(np.asarray(a).tobytes()).hexdigest()}
+  for step in (2, 4):
+    sums = {"step": whole(state(step)["step"]), "params/w": whole(state(step)["params"]["w"])}
+    if step == 4:
+      sums["params/w"] = whole(state(3)["params"]["w"])   # the step's bytes changed on disk
+    old_layout_step(tmp_path / "checkpoints", step, state(step), sums)
+  mngr = checkpoint.read_only_manager(str(tmp_path / "checkpoints"))
+  restored, step = checkpoint.restore_newest(mngr, checkpoint.abstract(state(0)))
+  assert step == 2 and float(restored["params"]["w"][0]) == 2.0
+  with pytest.raises(ValueError, match="checksum mismatch in params/w"):
+    checkpoint._restore_step(mngr, 4, checkpoint.abstract(state(0)))
