@@ -130,11 +130,13 @@ def test_a_save_returns_before_its_checksums_are_hashed_and_donation_does_not_ch
 
 
 def test_a_non_finite_state_fails_its_save_and_no_step_is_written(tmp_path):
+  """Found in the background: the step is never finalized and the error is
+  raised on the training thread at the next save or wait."""
   mngr = checkpoint.manager(str(tmp_path), ckpt_config())
   checkpoint.save(mngr, 2, state(2), force=True)
   checkpoint.save(mngr, 4, {"step": jnp.int32(4), "params": {"w": jnp.array([1.0, jnp.inf])}},
                   force=True)
-  with pytest.raises(Exception, match="refusing to checkpoint step 4: `params/w`"):
+  with pytest.raises(TrainingError, match="refusing to checkpoint step 4: `params/w`"):
     mngr.wait_until_finished()
   assert checkpoint.read_only_manager(str(tmp_path / "checkpoints")).all_steps() == [2]
 
