@@ -202,13 +202,14 @@ def _locate(path):
     return path.parent, [int(path.name)]
   if path.is_dir():
     return path, None
-  raise ConfigError("checkpoint.init_from", f"{os.fspath(path)!r} is not a directory; give a workdir, "
-                    "its checkpoints/ directory or one step directory in it")
+  raise ConfigError("checkpoint.init_from", f"{os.fspath(path)!r} is not a directory; give a "
+                    "workdir, its checkpoints/ directory or one step directory in it")
 
 
 def _check_shapes(saved_tree, abstract_params, source: str):
   """ConfigError listing every parameter whose shape differs, or that only one side has."""
-  saved = {checksums.name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  saved = {checksums.name(p): tuple(m.shape)
+           for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   want = {checksums.name(p): tuple(a.shape)
           for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   parts = [f"`{n}` is {saved[n]} there but {want[n]} here"

@@ -7,6 +7,7 @@ levels with a max_units) and the held-out rows scanned, so a run never trains
 and then fails on its config. Each error is one `ConfigError` naming the field and the fix.
 """
 import math
+import os
 
 import jax
 import numpy as np
