@@ -1,15 +1,16 @@
 """Training-thread time of one checkpoint save: checksums hashed in the background
 (as mgm.checkpoint.save does) against hashed before the save, on this thread
-(as it did before per-host background checksums).
+(as it did before per-host background checksums), and against no checksum at
+all (Orbax's own share).
 
   python -m benchmarks.checkpoint_save --mb=200 --repeats=5
 
 The state is `--mb` MB of float32 arrays of 16 MB each, on one device (or
-`--devices=N` fake CPU devices, each array sharded over them). The two ways
-alternate in one process (the load of the machine hits both alike); each save
+`--devices=N` fake CPU devices, each array sharded over them). The three ways
+take turns in one process (the load of the machine hits them alike); each save
 is waited for before the next. Prints one JSON line: the median seconds until
 `save` returns (`blocking_*`), until the step is written (`total_*`), and the
-blocking ratio.
+blocking ratio background / on_thread.
 """
 import json
 import statistics
@@ -36,14 +37,18 @@ def state_of(megabytes: int):
   return {"params": {f"w{i}": make(float(i)) for i in range(n)}, "step": jnp.int32(0)}
 
 
-def timed_save(mngr, step, state, background: bool):
+KINDS = ("background", "on_thread", "no_checksum")
+
+
+def timed_save(mngr, step, state, kind: str):
+  """(seconds until the save call returns, until the step is written)."""
   import orbax.checkpoint as ocp
   from mgm import checkpoint, checksums
   t0 = time.perf_counter()
-  if background:
+  if kind == "background":
     checkpoint.save(mngr, step, state, force=True)
   else:
-    sums = checksums.checksums(state, saving_step=step)
+    sums = checksums.checksums(state, saving_step=step) if kind == "on_thread" else {}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             checksum=checksums.Save(sums)), force=True)
   blocking = time.perf_counter() - t0
@@ -62,21 +67,20 @@ def main(argv):
   jax.block_until_ready(state)
   cfg = mlc.ConfigDict(dict(every_steps=1, every_minutes=0.0, keep=1, keep_best=False,
                             init_from=""))
-  times = {True: [], False: []}
+  times, step = {kind: [] for kind in KINDS}, 1
   with tempfile.TemporaryDirectory() as workdir:
     mngr = checkpoint.manager(workdir, cfg)
-    timed_save(mngr, 1, state, True)   # warm-up: compiles, opens files
+    timed_save(mngr, step, state, "background")   # warm-up: compiles, opens files
     for i in range(_REPEATS.value):
-      for background in (i % 2 == 0, i % 2 == 1):   # alternate which goes first
-        times[background].append(timed_save(mngr, len(times[True]) * 2 + len(times[False]) + 2,
-                                             state, background))
-  median = lambda runs, k: statistics.median(r[k] for r in runs)
+      for kind in KINDS[i % 3:] + KINDS[:i % 3]:   # rotate which goes first
+        step += 1
+        times[kind].append(timed_save(mngr, step, state, kind))
+  median = lambda kind, k: statistics.median(r[k] for r in times[kind])
   report = {"mb": _MB.value, "devices": jax.device_count(), "repeats": _REPEATS.value,
-            "blocking_background_s": median(times[True], 0),
-            "blocking_on_thread_s": median(times[False], 0),
-            "total_background_s": median(times[True], 1),
-            "total_on_thread_s": median(times[False], 1)}
-  report["blocking_ratio"] = report["blocking_background_s"] / report["blocking_on_thread_s"]
+            **{f"blocking_{kind}_s": round(median(kind, 0), 4) for kind in KINDS},
+            **{f"total_{kind}_s": round(median(kind, 1), 4) for kind in KINDS}}
+  report["blocking_ratio"] = round(report["blocking_background_s"]
+                                   / report["blocking_on_thread_s"], 3)
   print(json.dumps(report))
 
 
