@@ -13,11 +13,9 @@ directories left by a crash) are moved to `checkpoints_unusable/` next to
 `checkpoints/` (never deleted), since saving that step again would collide.
 """
 import datetime
-import hashlib
-import json
 import os
-import shutil
 import time
+import types
 
 import grain
 import jax
@@ -27,7 +25,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mgm.errors import ConfigError, TrainingError, WorkdirError
+from mgm import checksums, files
+from mgm.errors import ConfigError, WorkdirError
 from mgm.model import scan_layout
 
 ITEMS = ("state", "data", "checksum")
@@ -36,24 +35,26 @@ UNUSABLE = "checkpoints_unusable"
 _PARTIAL = ".orbax-checkpoint-tmp"
 
 
-class EveryMinutes(policies.SaveDecisionPolicy):
-  """Save when `minutes` have passed since the newest checkpoint (or since start).
+class FromStart(policies.SaveDecisionPolicy):
+  """`policy` shown a checkpoint at `start` (default: now) while there is none,
+  so that a time interval counts from the start of the run, not from a first
+  save at once (what ContinuousCheckpointingPolicy does with no previous step)."""
 
-  On several hosts process 0's clock decides and is broadcast, so every host
-  takes the same decision.
-  """
-
-  def __init__(self, minutes: float):
-    self.interval = datetime.timedelta(minutes=minutes)
-    self.start = datetime.datetime.now(tz=datetime.timezone.utc)
+  def __init__(self, policy: policies.SaveDecisionPolicy, start=None):
+    self.policy = policy
+    self.start = start or datetime.datetime.now(tz=datetime.timezone.utc)
 
   def should_save(self, step, previous_steps, *, context) -> bool:
-    del context
-    last = max([self.start] + [p.time for p in previous_steps[-1:]])
-    due = step.time - last >= self.interval
-    if jax.process_count() > 1:
-      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
-    return due
+    started = types.SimpleNamespace(step=-1, time=self.start, metrics=None)
+    return self.policy.should_save(step, previous_steps or [started], context=context)
+
+
+def every_minutes(minutes: float, start=None) -> policies.SaveDecisionPolicy:
+  """Save once `minutes` have passed since the newest checkpoint (or the start):
+  Orbax's ContinuousCheckpointingPolicy, which decides on process 0 and tells
+  every host, and defers a save while the previous one is still being written."""
+  return FromStart(policies.ContinuousCheckpointingPolicy(minimum_interval_secs=minutes * 60),
+                   start)
 
 
 def manager(workdir: str, ckpt_cfg, enable_async: bool = True) -> ocp.CheckpointManager:
@@ -66,15 +67,15 @@ def manager(workdir: str, ckpt_cfg, enable_async: bool = True) -> ocp.Checkpoint
                                keep_checkpoints_without_metrics=False))
   when = [policies.FixedIntervalPolicy(ckpt_cfg.every_steps)]
   if ckpt_cfg.every_minutes:
-    when.append(EveryMinutes(ckpt_cfg.every_minutes))
+    when.append(every_minutes(ckpt_cfg.every_minutes))
   options = ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=enable_async,
       # best_fn only makes Orbax write the metrics with each step (BestN reads them)
       best_fn=best_metric if ckpt_cfg.keep_best else None, best_mode="min",
       preservation_policy=policies.AnyPreservationPolicy(keep),
       save_decision_policy=policies.AnySavePolicy(when))
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=ITEMS)
+  return ocp.CheckpointManager(files.path(workdir) / "checkpoints", options=options,
+                               item_names=ITEMS)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, metrics=None,
@@ -86,8 +87,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, metrics=
   """
   if not force and not mngr.should_save(step):
     return False
-  items = {"state": ocp.args.StandardSave(state),
-           "checksum": ocp.args.JsonSave(checksums(state, data_iter, saving_step=step))}
+  sums = checksums.start(state, data_iter, saving_step=step)   # hashed in the background
+  items = {"state": ocp.args.StandardSave(state), "checksum": checksums.Save(sums)}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -98,70 +99,13 @@ def abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _name(path) -> str:
-  """'params/levels_0/kernel': the same for a dataclass's and a dict's keys."""
-  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
-                  for k in path)
-
-
-def _sha(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def _array_sums(leaf, name: str, saving_step=None) -> dict:
-  """{shard: sha256} of the bytes this process holds; the whole array (shard
-  'all') when it is fully addressable, else its replica-0 shards by index.
-  When saving, a non-finite value raises TrainingError."""
-  if getattr(leaf, "is_fully_addressable", True):
-    parts = {"all": np.asarray(leaf)}
-  else:
-    parts = {str(s.index): np.asarray(s.data) for s in leaf.addressable_shards
-             if s.replica_id == 0}
-  finite = lambda a: not np.issubdtype(a.dtype, np.inexact) or np.isfinite(a).all()
-  if saving_step is not None and not all(finite(part) for part in parts.values()):
-    raise TrainingError(f"refusing to checkpoint step {saving_step}: `{name}` holds "
-                        "non-finite values (the train step should have skipped that update)")
-  return {key: _sha(np.ascontiguousarray(part).tobytes()) for key, part in parts.items()}
-
-
-def checksums(state, data_iter=None, saving_step=None) -> dict:
-  """sha256 of each array of `state` (by path) and of this process's iterator
-  state; with `saving_step`, also the check that every value is finite.
-
-  Only process 0's sums are saved (a JSON item is written by one process), so
-  on several hosts they cover the shards process 0 holds.
-  """
-  sums = {_name(path): _array_sums(leaf, _name(path), saving_step)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
-  if data_iter is not None:
-    position = json.dumps(data_iter.get_state(), sort_keys=True, default=str)
-    sums["data_iterator"] = {f"process_{jax.process_index()}": _sha(position.encode())}
-  return sums
-
-
-def _verify(saved: dict, state, data_iter=None):
-  """Raise ValueError naming the arrays whose bytes differ from the saved sums.
-  Shards the saved sums do not cover (another process's, another mesh's
-  layout) cannot be compared and are skipped."""
-  now = checksums(state, data_iter)
-  listed = lambda names: ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-  bad = sorted(name for name, sums in now.items() if name in saved and any(
-      saved[name].get(shard, digest) != digest for shard, digest in sums.items()))
-  if bad:
-    raise ValueError(f"checksum mismatch in {listed(bad)} (bytes changed on disk)")
-  missing = sorted(set(now) - set(saved))
-  if missing:
-    raise ValueError(f"no saved checksum for {listed(missing)}")
-
-
 def _restore_step(mngr, step: int, abstract_state, data_iter=None):
   """The verified state of one step (the iterator, if given, is set in place)."""
-  items = {"state": ocp.args.StandardRestore(abstract_state),
-           "checksum": ocp.args.JsonRestore()}
+  items = {"state": ocp.args.StandardRestore(abstract_state), "checksum": checksums.Restore()}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  _verify(restored.checksum or {}, restored.state, data_iter)
+  checksums.verify(restored.checksum or [], restored.state, data_iter)
   return restored.state
 
 
@@ -214,9 +158,9 @@ def restore_newest(mngr, abstract_state, data_iter=None, move_aside: bool = Fals
 
 def set_aside_partial(mngr):
   """Warn about and move aside step directories a crash left half-written."""
-  directory = str(mngr.directory)
-  partial = sorted(n for n in os.listdir(directory) if _PARTIAL in n) if os.path.isdir(
-      directory) else []
+  directory = files.path(mngr.directory)
+  partial = sorted(p.name for p in directory.iterdir() if _PARTIAL in p.name) if (
+      directory.is_dir()) else []
   for name in partial:
     logging.warning("checkpoint step %s in %s was left partial (the run stopped while "
                     "saving it); ignoring it", name.split(".")[0], directory)
@@ -226,14 +170,13 @@ def set_aside_partial(mngr):
 
 def _move_aside(mngr, names):
   """Move step directories to checkpoints_unusable/ (process 0; all hosts wait)."""
-  directory = str(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), UNUSABLE)
+  directory = files.path(mngr.directory)
+  target = directory.parent / UNUSABLE
   if jax.process_index() == 0:
-    os.makedirs(target, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in names:
-      dest = os.path.join(target, f"{name}-{stamp}")
-      shutil.move(os.path.join(directory, name), dest)
+      dest = (directory / name).rename(target / f"{name}-{stamp}")
       logging.warning("moved %s/%s to %s", directory, name, dest)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("mgm_checkpoint_move_aside")
@@ -245,29 +188,30 @@ def read_only_manager(directory: str, partial: bool = False) -> ocp.CheckpointMa
   only some of the state) checkpoint.init_from."""
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   state = ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()
-  handlers = {"state": state, "checksum": ocp.JsonCheckpointHandler(),
+  handlers = {"state": state, "checksum": checksums.Handler(),
               "data": grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def _locate(path: str):
+def _locate(path):
   """(checkpoints directory, steps or None) for a workdir, its checkpoints/
   directory, or one step directory in it."""
-  path = os.path.abspath(os.path.expanduser(path)).rstrip("/")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  if os.path.basename(path).isdigit() and os.path.isdir(path):
-    return os.path.dirname(path), [int(os.path.basename(path))]
-  if os.path.isdir(path):
+  path = files.path(os.fspath(path).rstrip("/"))
+  if (path / "checkpoints").is_dir():
+    return path / "checkpoints", None
+  if path.name.isdigit() and path.is_dir():
+    return path.parent, [int(path.name)]
+  if path.is_dir():
     return path, None
-  raise ConfigError("checkpoint.init_from", f"{path!r} is not a directory; give a workdir, "
-                    "its checkpoints/ directory or one step directory in it")
+  raise ConfigError("checkpoint.init_from", f"{os.fspath(path)!r} is not a directory; give a "
+                    "workdir, its checkpoints/ directory or one step directory in it")
 
 
 def _check_shapes(saved_tree, abstract_params, source: str):
   """ConfigError listing every parameter whose shape differs, or that only one side has."""
-  saved = {_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
-  want = {_name(p): tuple(a.shape)
+  saved = {checksums.name(p): tuple(m.shape)
+           for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  want = {checksums.name(p): tuple(a.shape)
           for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   parts = [f"`{n}` is {saved[n]} there but {want[n]} here"
            for n in sorted(saved.keys() & want.keys()) if saved[n] != want[n]]
@@ -298,9 +242,8 @@ def restore_params(path: str, abstract_params):
                     jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))
     state = ocp.args.PyTreeRestore(target, partial_restore=True, restore_args=restore_args)
     restored = mngr.restore(step, args=ocp.args.Composite(state=state,
-                                                          checksum=ocp.args.JsonRestore()))
-    saved = {k: v for k, v in (restored.checksum or {}).items() if k.startswith("params/")}
-    _verify(saved, restored.state)
+                                                          checksum=checksums.Restore()))
+    checksums.verify(restored.checksum or [], restored.state, only="params/")
     if same:
       return restored.state["params"]
     # model.scan_layers differs from the run that wrote them: the other layout.

@@ -11,7 +11,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from mgm import batches, checkpoint, conditioned, evaluation, flops, profiling, samples
+from mgm import batches, checkpoint, conditioned, evaluation, files, flops, profiling, samples
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError, WorkdirError
 from mgm.files import MetricsWriter, last_logged, set_aside, write_json
@@ -243,7 +243,7 @@ def run_mode(config, workdir: str, mode: str):
                config_text(config))
   logging.info("%s", pipeline.describe_corpus(config.data))
   modes = {"train": train, "eval": evaluate, "sample": sample}
-  return modes[mode](config, os.path.abspath(workdir))
+  return modes[mode](config, os.fspath(files.path(workdir)))
 
 
 def _value(value) -> str:
@@ -313,7 +313,7 @@ def train(config, workdir) -> dict:
 def _restore_latest(setup: Setup, workdir: str):
   ckpt_dir = os.path.join(workdir, "checkpoints")
   state = step = None
-  if os.path.isdir(ckpt_dir):
+  if files.path(ckpt_dir).is_dir():
     state, step = checkpoint.restore_newest(checkpoint.read_only_manager(ckpt_dir),
                                             checkpoint.abstract(setup.state))
   if step is None:

@@ -6,7 +6,7 @@ Both are written atomically (a temporary file, then a rename); a different file
 already at the path is set aside under a free name (mgm/files.py), never
 overwritten, so nothing written is lost.
 """
-import filecmp
+import io
 import json
 import math
 import os
@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 
+from mgm import files
 from mgm.files import _plain, set_aside
 from mgm.metrics import exact_match
 
@@ -29,14 +30,12 @@ def write_outputs(workdir: str, step: int, rows: list[dict]) -> str:
   """outputs/step_<step>.jsonl under `workdir`, one JSON object per row, in order
   (e.g. {"id", "source" or "image", "references", "generated"}; numpy scalars
   become numbers). Returns its path."""
-  directory = os.path.join(workdir, "outputs")
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"step_{int(step)}.jsonl")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False, default=_plain) + "\n")
-  _put(path + ".tmp", path)
-  return path
+  directory = files.path(workdir) / "outputs"
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"step_{int(step)}.jsonl"
+  _put("".join(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
+       .encode("utf-8"), path)
+  return os.fspath(path)
 
 
 def caption_grid(images: np.ndarray, generated: list[str], references: list[list[str]],
@@ -62,9 +61,9 @@ def caption_grid(images: np.ndarray, generated: list[str], references: list[list
   for i, (image, hyp, refs) in enumerate(zip(images, generated, references)):
     row, col = divmod(i, cols)
     _cell(figure.add_axes(_image_box(row, col, rows, cols)), image, hyp, refs)
-  tmp = path + ".tmp"
-  figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-  _put(tmp, path)
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
+  _put(png.getvalue(), files.path(path))
   return path
 
 
@@ -98,8 +97,11 @@ def _wrap(text: str) -> str:
   return "\n".join(lines[:2]) + ("..." if len(lines) > 2 else "")
 
 
-def _put(tmp: str, path: str):
-  """Rename `tmp` to `path`; a different file already there is set aside first."""
-  if os.path.exists(path) and not filecmp.cmp(tmp, path, shallow=False):
+def _put(data: bytes, path):
+  """Write `data` to `path` (an epath.Path) through a .tmp file renamed over it;
+  a different file already there is set aside first."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(data)
+  if path.exists() and path.read_bytes() != data:
     set_aside(path)
-  os.replace(tmp, path)
+  tmp.replace(path)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mgm import conditioned, decode
+from mgm import conditioned, decode, files
 from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.prompts import read_prompts
 from mgm.validate import unit_excess
@@ -61,19 +61,15 @@ def _warn_unit_overflow(spec, buffer, seq_len: int, packing: str = "none"):
 def write(workdir, name, texts, config, step: int) -> str:
   """samples/NAME (NAME_2, NAME_3, ... when taken: never overwritten), headed by the
   step, the prompts and every sample.* field, one `# key: JSON value` line each."""
-  directory = os.path.join(workdir, "samples")
-  os.makedirs(directory, exist_ok=True)
+  directory = files.path(workdir) / "samples"
+  directory.mkdir(parents=True, exist_ok=True)
   stem, ext = os.path.splitext(name)
   header = {"step": step, "prompts": [p.text for p in read_prompts(config)],
             **{f"sample.{k}": v for k, v in config.sample.to_dict().items()}}
+  text = "".join(f"# {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in header.items())
+  text += "".join(f"=== sample {i} ===\n{t}\n" for i, t in enumerate(texts))
   for n in itertools.count(1):
-    path = os.path.join(directory, f"{stem}{'' if n == 1 else f'_{n}'}{ext}")
-    try:
-      f = open(path, "x", encoding="utf-8")   # fails if it exists: nothing is overwritten
-    except FileExistsError:
-      continue
-    with f:
-      f.writelines(f"# {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in header.items())
-      for i, text in enumerate(texts):
-        f.write(f"=== sample {i} ===\n{text}\n")
-    return path
+    path = directory / f"{stem}{'' if n == 1 else f'_{n}'}{ext}"
+    if not path.exists():   # only process 0 writes: nothing is overwritten
+      path.write_text(text, encoding="utf-8")
+      return os.fspath(path)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from mgm import adversarial as adv_lib
-from mgm import conditioned, decode, kinds, profiling, prompts, sharding
+from mgm import conditioned, decode, files, kinds, profiling, prompts, sharding
 from mgm.data import noise, paired, pipeline, sources, tokenizer
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
@@ -310,13 +310,12 @@ def _validate_checkpoint(ckpt, train):
                       f"is not a multiple of train.eval_every={train.eval_every}; change one")
   if not ckpt.init_from:
     return
-  path = os.path.abspath(os.path.expanduser(ckpt.init_from))
-  if not os.path.isdir(path):
+  path = files.path(ckpt.init_from)   # local or a URL (gs://...)
+  if not path.is_dir():
     raise ConfigError("checkpoint.init_from", f"{ckpt.init_from!r} is not a directory; give "
                       "a workdir, its checkpoints/ directory or one step directory in it")
-  candidates = (os.path.join(path, "checkpoints"), path)
-  has_step = os.path.basename(path).isdigit() or any(
-      name.isdigit() for d in candidates if os.path.isdir(d) for name in os.listdir(d))
+  has_step = path.name.isdigit() or any(
+      p.name.isdigit() for d in (path / "checkpoints", path) if d.is_dir() for p in d.iterdir())
   if not has_step:
     raise ConfigError("checkpoint.init_from", f"{ckpt.init_from!r} holds no checkpoint step "
                       "(a directory N/ in it or in its checkpoints/); point it at a trained run")

@@ -1,8 +1,8 @@
 """The run's workdir: resolved config, and the check that a workdir belongs to this run."""
 import json
-import os
 
 from mgm import adversarial as adv_lib
+from mgm import files
 from mgm.errors import WorkdirError
 from mgm.files import set_aside, write_json
 from mgm.model.spec import LevelSpec, ModelSpec, field_defaults
@@ -53,23 +53,22 @@ def check_and_save_config(workdir: str, config, write: bool = True) -> dict:
   file as config-<time>.json: nothing already written is lost.
   """
   new = config_to_dict(config)
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      old = with_model_defaults(json.load(f))
+  path = files.path(workdir) / "config.json"
+  if path.exists():
+    old = with_model_defaults(json.loads(path.read_text(encoding="utf-8")))
     changed = _diff(old, new)
     clashes = [p for p in changed if p.split(".")[0].split("[")[0] in SHAPE_SECTIONS
                and p not in COMPUTE_ONLY_FIELDS]
     if clashes:
       more = f"; and {len(clashes) - 6} more" if len(clashes) > 6 else ""
       raise WorkdirError(
-          f"workdir {workdir!r} holds another run, whose config differs in "
+          f"workdir {str(workdir)!r} holds another run, whose config differs in "
           f"{'; '.join(_describe(old, new, p) for p in clashes[:6])}{more}. Use another "
           "--workdir, or the same model and data config to resume it.")
     if changed and write:
       set_aside(path)
   if write:
-    os.makedirs(workdir, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, new)
   return new
 

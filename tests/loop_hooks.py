@@ -51,7 +51,7 @@ def crash_after(monkeypatch, at_step: int):
 
 
 class FakeClock:
-  """The wall clock that mgm.checkpoint's EveryMinutes policy and Orbax's
+  """The wall clock that mgm.checkpoint's every_minutes start and Orbax's
   CheckpointManager read (`datetime.datetime.now`), moved by hand in minutes."""
 
   EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)

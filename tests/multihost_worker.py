@@ -5,12 +5,17 @@
 
 Joins the other process over 127.0.0.1 (the `distributed.*` config fields),
 trains the `tiny` preset for 3 steps with `mgm.loop.train` on the global
-8-device mesh, records the host-local batches it fed, then restores the
-checkpoint both processes wrote and reports what it holds.
+8-device mesh (parameters sharded over all 8: each process holds shards no
+other does), records the host-local batches it fed, then restores the
+checkpoint both processes wrote and reports what it holds; last, in a copy of
+the checkpoints where process 1 flipped bytes of the newest step's shards it
+wrote, each process checks that step and both restore the newest usable one.
 """
 import json
 import os
+import shutil
 import sys
+from pathlib import Path
 
 STEPS = 3
 
@@ -19,6 +24,8 @@ def config_for(port: int, process_id: int):
   from configs import lm as lm_configs
   config = lm_configs.get_config("tiny")
   config.train.update(steps=STEPS, log_every=1, eval_every=STEPS)
+  config.mesh.fsdp = 8                  # ZeRO-3 over both processes' devices
+  config.checkpoint.every_steps = 2     # steps 2 and 3 (the last, forced)
   config.distributed.update(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                             process_id=process_id)
   return config
@@ -44,6 +51,39 @@ def param_sums(params) -> dict:
   return {jax.tree_util.keystr(k): float(v) for k, v in jax.tree_util.tree_leaves_with_path(sums)}
 
 
+def flip_bytes(directory: Path):
+  """Flip 8 bytes in the middle of the biggest file under `directory`."""
+  biggest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(biggest.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 8] = bytes(255 - b for b in data[middle:middle + 8])
+  biggest.write_bytes(bytes(data))
+
+
+def damaged_restore(workdir: str, abstract_state) -> dict:
+  """In a copy of the checkpoints, process 1 damages the shards it wrote of the
+  newest step; {own_check: this process's error restoring that step (None if
+  it found none), step: the step restore_newest falls back to}."""
+  import jax
+  from jax.experimental import multihost_utils
+  from mgm import checkpoint
+  copy = Path(workdir) / "checkpoints_damaged"
+  if jax.process_index() == 0:
+    shutil.copytree(Path(workdir) / "checkpoints", copy)
+  multihost_utils.sync_global_devices("mgm_test_copied")
+  if jax.process_index() == 1:
+    flip_bytes(copy / str(STEPS) / "state" / "ocdbt.process_1")
+  multihost_utils.sync_global_devices("mgm_test_damaged")
+  mngr = checkpoint.read_only_manager(str(copy))
+  try:
+    checkpoint._restore_step(mngr, STEPS, abstract_state)
+    own_check = None
+  except Exception as e:   # what restore_newest would name in its warning
+    own_check = checkpoint._problem(e)
+  _, step = checkpoint.restore_newest(mngr, abstract_state)
+  return {"own_check": own_check, "step": step}
+
+
 def main(port: int, process_id: int, workdir: str, out: str):
   from mgm import checkpoint, loop, sharding
   config = config_for(port, process_id)
@@ -62,12 +102,13 @@ def main(port: int, process_id: int, workdir: str, out: str):
   placement = placement_for(config)
   mngr = checkpoint.read_only_manager(os.path.join(workdir, "checkpoints"))
   state, step = checkpoint.restore_newest(mngr, placement.abstract_state)
+  damaged = damaged_restore(workdir, placement.abstract_state)
   with open(out, "w", encoding="utf-8") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                "devices": jax.device_count(), "local_devices": jax.local_device_count(),
                "data_shard": list(placement.data_shard()), "fed": train_fed,
                "restored_step": step, "restored_sums": param_sums(state.params),
-               "steps": summary["steps"]}, f)
+               "steps": summary["steps"], "damaged": damaged}, f)
 
 
 if __name__ == "__main__":

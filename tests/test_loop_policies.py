@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from configs.lm import get_config
-from mgm import loop
+from mgm import checkpoint, loop
 from mgm import validate as validate_lib
 from mgm.errors import ConfigError
 
@@ -93,9 +93,18 @@ def test_sample_mode_restores_the_newest_checkpoint(best_run):
 def test_every_minutes_saves_on_the_clock_counted_from_the_newest_checkpoint(
     tmp_path, monkeypatch):
   """One minute passes per step (fake clock), every_minutes=2.5: saves after steps
-  3 and 6 (each 3 minutes after the start or the previous save), and the final 7."""
+  3 and 6 (each 3 minutes after the start or the previous save), and the final 7.
+  Each save completes before the next step: a save still being written defers a
+  timed one (Orbax's ContinuousCheckpointingPolicy), and tiny steps are quicker."""
   clock = FakeClock(monkeypatch)
   after_each_step(monkeypatch, lambda step: clock.advance(1.0))
+  save = checkpoint.save
+
+  def save_and_wait(mngr, *args, **kwargs):
+    saved = save(mngr, *args, **kwargs)
+    mngr.wait_until_finished()
+    return saved
+  monkeypatch.setattr(checkpoint, "save", save_and_wait)
   config = tiny(eval_every=100)
   config.checkpoint.update(every_steps=100, every_minutes=2.5, keep=10)
   loop.run_mode(config, str(tmp_path), "train")

@@ -2,6 +2,8 @@
 jax.distributed into one 8-device mesh (DESIGN §2): they train like one process
 with 8 devices, each reads only its half of every batch, only process 0 writes
 logs, and the checkpoint both wrote restores in both (and here, in one process).
+Each process hashes and verifies the shards it holds: bytes flipped in the
+shards only process 1 wrote are found by process 1, and both fall back.
 """
 import json
 import os
@@ -118,3 +120,12 @@ def test_checkpoint_written_by_both_restores_in_both_and_here(two_processes, one
   assert step == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                state.params, params)
+
+
+def test_each_process_verifies_its_own_shards_and_both_fall_back(two_processes):
+  """Process 1 flipped bytes in the newest step's shards it wrote (parameters are
+  sharded over both processes: process 0 does not read them). Its own checksums
+  find the damage, so both processes fall back to the step before."""
+  _, reports = two_processes
+  assert "checksum mismatch" in (reports[1]["damaged"]["own_check"] or "")
+  assert [r["damaged"]["step"] for r in reports] == [STEPS - 1] * 2

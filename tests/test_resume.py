@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs.lm import get_config
-from mgm import checkpoint, loop, train
+from mgm import checkpoint, checksums, loop, train
 from mgm import setup as setup_lib
 from mgm.data import pipeline
 from mgm.errors import ConfigError, TrainingError
@@ -81,7 +81,8 @@ def wait_for_step(proc, workdir, step, timeout=240) -> int:
 
 
 def final_checksums(workdir, step=STEPS):
-  return json.loads((Path(workdir) / "checkpoints" / str(step) / "checksum" / "metadata").read_text())
+  checksum = Path(workdir) / "checkpoints" / str(step) / "checksum"
+  return json.loads((checksum / "process_0.json").read_text())
 
 
 # wall clock: differs run to run
@@ -284,9 +285,9 @@ def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(
   state, step = loop._initial_state(setup, checkpoint.manager(str(tmp_path), config.checkpoint),
                                     None)
   assert step == 0 and int(state.step) == 0
-  params = checkpoint.checksums({"params": state.params})
+  params = checksums.checksums({"params": state.params})
   assert params == {k: v for k, v in final_checksums(reference).items() if k in params}
-  assert checkpoint.checksums(state.opt_state) == checkpoint.checksums(tiny_setup.state.opt_state)
+  assert checksums.checksums(state.opt_state) == checksums.checksums(tiny_setup.state.opt_state)
 
 
 def test_init_from_a_model_of_other_shapes_lists_the_parameters_that_differ(
@@ -346,4 +347,4 @@ def test_non_finite_steps_are_skipped_and_counted_and_too_many_in_a_row_stop_the
 def test_a_non_finite_state_is_never_saved():
   state = {"params": {"w": jnp.array([1.0, jnp.inf])}}
   with pytest.raises(TrainingError, match="params/w"):
-    checkpoint.checksums(state, saving_step=7)
+    checksums.checksums(state, saving_step=7)
