@@ -183,12 +183,21 @@ def status(directory: str, steps: int) -> str:
   return "resume" if os.path.isdir(os.path.join(directory, "checkpoints")) else "new"
 
 
-def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) -> dict:
+def train_arm(arm: Arm, overrides: dict, directory: str) -> dict:
+  """One arm's training in `directory` (loop.run_mode's result): what the sequential
+  runner runs for each arm and a cluster job runs (mgm/jobs.py), so they agree."""
+  from mgm import loop   # deferred: only a run that trains needs it
+  return loop.run_mode(arm_config(arm, overrides), directory, "train")
+
+
+def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False,
+                   executor=None, wait: bool = False) -> dict:
   """Train every arm of the experiment `experiment_path` ('experiments/NAME.py:size'),
   skipping finished ones, then write the table and plots. Returns {'table': path}
   or, when a run was preempted, {'stopped_by', 'arm'}; with `dry_run`, prints the
-  arms' commands instead."""
-  from mgm import loop, report   # deferred: only a run that trains needs them
+  arms' commands instead. With `executor` (a jobs.Executor) the arms are jobs
+  (jobs.submit_and_collect; `wait`: until they end): {'jobs': its outcome} until
+  every arm is done."""
   experiment = load(experiment_path)
   plans = planned_overrides(experiment)
   command_line = f"python launch.py --experiment={experiment_path} --workdir={workdir}"
@@ -199,6 +208,21 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) ->
     print(f"# {len(experiment.arms)} arms; when they are done, the table: {command_line}",
           file=sys.stderr)
     return {"arms": len(experiment.arms)}
+  if executor is not None:
+    from mgm import jobs
+    outcome = jobs.submit_and_collect(experiment, plans, workdir, executor, wait=wait)
+    if not outcome["finished"]:
+      return {"jobs": outcome}
+  else:
+    stopped = train_in_turn(experiment, plans, workdir)
+    if stopped:
+      return stopped
+  return write_table(experiment, workdir, command_line)
+
+
+def train_in_turn(experiment: Experiment, plans: dict, workdir: str) -> dict | None:
+  """Train the unfinished arms here, one after another: None, or {'stopped_by', 'arm'}
+  when a run was preempted (its step saved)."""
   for i, arm in enumerate(experiment.arms):
     directory, steps = arm_dir(workdir, arm), plans[arm.name]["train.steps"]
     state = status(directory, steps)
@@ -206,9 +230,15 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) ->
                  len(experiment.arms), arm.name, state, steps, directory)
     if state == "done":
       continue
-    result = loop.run_mode(arm_config(arm, plans[arm.name]), directory, "train")
+    result = train_arm(arm, plans[arm.name], directory)
     if "stopped_by" in result:
       return {"stopped_by": result["stopped_by"], "arm": arm.name}
+  return None
+
+
+def write_table(experiment: Experiment, workdir: str, command_line: str) -> dict:
+  """The finished arms' table and plots: {'table': path of results.md}."""
+  from mgm import report
   rows = [{"arm": arm.name, "paper": arm.paper, **finished_summary(arm_dir(workdir, arm))}
           for arm in experiment.arms]
   curves = {arm.name: report.read_curve(arm_dir(workdir, arm)) for arm in experiment.arms}
@@ -217,6 +247,9 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) ->
 
 def result_line(result: dict) -> str:
   """The last line of an experiment run (launch.py prints it)."""
+  if "jobs" in result:
+    from mgm import jobs
+    return jobs.result_line(result["jobs"])
   if "stopped_by" in result:
     return (f"stopped by {result['stopped_by']} in arm {result['arm']!r} (saved); run the same "
             "command again to resume")

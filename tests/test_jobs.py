@@ -1,0 +1,179 @@
+"""Arms as jobs through submitit (mgm/jobs.py), with its local executor: a two-arm
+tiny experiment whose second arm's job fails at run time (its text files are not
+there yet) is collected over three invocations of the runner: the first trains
+one arm and reports the other's failure, the second resubmits only the failed
+arm and writes the table, the third submits nothing. A job trains what the
+sequential runner trains; bad executor flags are refused before anything is
+written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mgm import jobs, runner
+from mgm.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EXPERIMENT = '''
+from mgm.runner import Arm, Experiment
+
+def get_experiment(size="tiny"):
+  quick = {{"train.batch_size": 8, "train.warmup_steps": 1, "train.eval_batches": 1,
+           "sample.num_samples": 1, "sample.max_new_tokens": 4, "eval.continuations": 0,
+           "train.steps": 3, "train.log_every": 1}}
+  text = {{"data.source": "text", "data.files": "{corpus}/*.txt", "data.text_doc_bytes": 512,
+          "data.val_fraction": 0.2}}
+  return Experiment(
+      name="jobs", title="Two arms as jobs",
+      arms=(Arm("synthetic", "configs/lm.py:tiny", quick),
+            Arm("text", "configs/lm.py:tiny", {{**quick, **text}})),
+      match="steps", evals=1)
+'''
+# One thread per job process: the local executor's jobs share the machine with the suite.
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def write_corpus(directory):
+  """Text for the 'text' arm: 4 KB in 512-byte documents (ASCII, deterministic)."""
+  directory.mkdir(exist_ok=True)
+  words = ["granularity", "byte", "patch", "word", "sentence", "level", "model", "the", "a"]
+  text = " ".join(words[(i * 7 + i // 5) % len(words)] for i in range(800))
+  (directory / "corpus.txt").write_text(text + "\n")
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory):
+  """Three invocations of runner.run_experiment with the local executor and --wait, the
+  'text' arm's files written after the first. {'workdir', 'experiment': path, 'results':
+  [run_experiment's return], 'submitted': [[directories jobs.submit got] per invocation],
+  'records': [{arm: job.json} after each invocation], 'finished': [[arms with a
+  summary.json, and 'table' if results.md is there] after each invocation]}."""
+  tmp = tmp_path_factory.mktemp("jobs")
+  corpus, workdir = tmp / "corpus", tmp / "run"
+  path = tmp / "two.py"
+  path.write_text(EXPERIMENT.format(corpus=corpus))
+  executor = jobs.executor_from_flags("local", "", wait=True)
+  out = {"workdir": workdir, "experiment": f"{path}:tiny", "results": [], "submitted": [],
+         "records": [], "finished": []}
+  real_submit = jobs.submit
+
+  def spy(runs, spec, directory):
+    out["submitted"][-1] += [d for _, _, d in runs]
+    return real_submit(runs, spec, directory)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD}".strip())
+    patch.setattr(jobs, "submit", spy)
+    for i in range(3):
+      if i == 1:
+        write_corpus(corpus)
+      out["submitted"].append([])
+      out["results"].append(runner.run_experiment(out["experiment"], str(workdir),
+                                                  executor=executor, wait=True))
+      out["records"].append({arm: json.loads((workdir / "arms" / arm / "job.json").read_text())
+                             for arm in ("synthetic", "text")})
+      out["finished"].append([arm for arm in ("synthetic", "text")
+                              if (workdir / "arms" / arm / "summary.json").exists()] +
+                             ["table"] * (workdir / "results.md").exists())
+  return out
+
+
+def test_first_invocation_trains_one_arm_and_reports_the_failed_job(rounds):
+  workdir, (first, *_) = rounds["workdir"], rounds["results"]
+  assert sorted(rounds["submitted"][0]) == [str(workdir / "arms" / a)
+                                            for a in ("synthetic", "text")]
+  outcome = first["jobs"]
+  assert outcome["done"] == [str(workdir / "arms" / "synthetic")]
+  [(directory, why)] = outcome["failed"]
+  assert directory == str(workdir / "arms" / "text")
+  assert "failed" in why and "data.files" in why and "matches no file" in why, why
+  assert rounds["finished"][0] == ["synthetic"]          # no table yet
+  line = runner.result_line(first)
+  assert "1 failed" in line and "run the same command again to resubmit" in line
+
+
+def test_second_invocation_resubmits_only_the_failed_arm_and_writes_the_table(rounds):
+  workdir = rounds["workdir"]
+  assert rounds["submitted"][1] == [str(workdir / "arms" / "text")]
+  assert rounds["results"][1] == {"table": str(workdir / "results.md")}
+  assert rounds["finished"][1] == ["synthetic", "text", "table"]
+  before, after = rounds["records"][0], rounds["records"][1]
+  assert after["synthetic"] == before["synthetic"]                 # not resubmitted
+  assert after["text"]["job_id"] != before["text"]["job_id"]
+  assert after["text"]["earlier_jobs"] == [before["text"]["job_id"]]
+  table = (workdir / "results.md").read_text()
+  for arm in ("synthetic", "text"):
+    summary = json.loads((workdir / "arms" / arm / "summary.json").read_text())
+    assert summary["steps"] == 3
+    assert f"{summary['eval_bpb']:.3f}" in table
+
+
+def test_third_invocation_submits_nothing(rounds):
+  assert rounds["submitted"][2] == []
+  assert rounds["records"][2] == rounds["records"][1]
+  assert rounds["results"][2] == {"table": str(rounds["workdir"] / "results.md")}
+
+
+def test_a_job_trains_what_the_sequential_runner_trains(rounds, tmp_path):
+  """The 'synthetic' arm trained here by runner.train_arm (the sequential runner's
+  path) logs the same losses and ends at the same eval bits/byte as its job."""
+  experiment = runner.load(rounds["experiment"])
+  arm = experiment.arms[0]
+  plan = runner.planned_overrides(experiment)[arm.name]
+  runner.train_arm(arm, plan, str(tmp_path / "here"))
+  job_dir = rounds["workdir"] / "arms" / "synthetic"
+  losses = [[(row["step"], row["train_loss"], row["grad_norm"]) for row in map(
+      json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+            for d in (job_dir, tmp_path / "here")]
+  assert losses[0] == losses[1] and [step for step, *_ in losses[0]] == [1, 2, 3]
+  summaries = [json.loads((d / "summary.json").read_text()) for d in (job_dir, tmp_path / "here")]
+  assert summaries[0]["eval_bpb"] == summaries[1]["eval_bpb"]
+
+
+@pytest.mark.parametrize("flags, field, words", [
+    (dict(name="pbs"), "--executor", "one of slurm, local"),
+    (dict(name="slurm", params="partition=gpu"), "--executor_params", "timeout_min=MINUTES"),
+    (dict(name="slurm", params="timeout_min=60,partition"), "--executor_params", "KEY=VALUE"),
+    (dict(name="slurm", params="timeout_min=sixty"), "--executor_params", "must be int"),
+    (dict(name="slurm", params="timeout_min=0"), "--executor_params", "must be positive"),
+    (dict(name="slurm", params="timeout_min=60,partitionn=gpu"), "--executor_params",
+     "'partitionn' is not a slurm parameter"),
+    (dict(name="slurm", params="timeout_min=60,setup=ls"), "--executor_params",
+     "set by the runner"),
+    (dict(name="local", params="partition=gpu"), "--executor_params", "not a local parameter"),
+    (dict(name="local", dry_run=True), "--dry_run", "not both"),
+    (dict(name="local", experiment=False), "--executor", "give --experiment"),
+    (dict(name=None, params="timeout_min=60"), "--executor_params", "add --executor"),
+    (dict(name=None, wait=True), "--wait", "add --executor"),
+])
+def test_bad_executor_flags_are_refused_naming_the_flag(flags, field, words):
+  flags = {"params": None, **flags}
+  with pytest.raises(ConfigError) as error:
+    jobs.executor_from_flags(flags.pop("name"), flags.pop("params"), **flags)
+  assert error.value.field == field and words in str(error.value), str(error.value)
+
+
+def test_executor_flags_become_submitit_parameters():
+  spec = jobs.executor_from_flags(
+      "slurm", "timeout_min=240, partition=gpu,slurm_constraint=h100,gpus_per_node=1,"
+      "mem_gb=64.5,exclusive=true")
+  assert spec == jobs.Executor("slurm", {
+      "timeout_min": 240, "slurm_partition": "gpu", "slurm_constraint": "h100",
+      "gpus_per_node": 1, "mem_gb": 64.5, "slurm_exclusive": True})
+  assert jobs.executor_from_flags("local", None).params == {"timeout_min": jobs.LOCAL_TIMEOUT_MIN}
+  assert jobs.executor_from_flags(None, None) is None
+
+
+def test_launch_refuses_a_bad_executor_flag_before_writing(tmp_path):
+  """exit 2, one line naming the flag, and no workdir made."""
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "launch.py", "--experiment=experiments/megabyte.py:cpu",
+       f"--workdir={workdir}", "--executor=slurm", "--executor_params=partition=gpu"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "launch.py: config field `--executor_params`: give timeout_min=MINUTES")
+  assert not workdir.exists()
