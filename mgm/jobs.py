@@ -201,7 +201,9 @@ def job_state(record: dict) -> str:
   if record["executor"] == "local":
     return "RUNNING" if _local_alive(record["job_id"]) else "ENDED"
   import submitit
-  return submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]).state.upper()
+  job = submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"])
+  state = job.watcher.get_state(job.job_id, mode="force")   # sacct; 'CANCELLED by 12'
+  return (state.split() or ["UNKNOWN"])[0].upper()
 
 
 def _local_alive(job_id: str) -> bool:

@@ -177,3 +177,49 @@ def test_launch_refuses_a_bad_executor_flag_before_writing(tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "launch.py: config field `--executor_params`: give timeout_min=MINUTES")
   assert not workdir.exists()
+
+
+FAKE_SLURM = {   # on PATH: submitit finds srun, submits with sbatch, asks sacct for states
+    "srun": "#!/bin/sh\nexit 0\n",
+    "sbatch": '#!/bin/sh\nn=$(( $(cat "$FAKE_SLURM/last_id" 2>/dev/null || echo 4240) + 1 ))\n'
+              'echo $n > "$FAKE_SLURM/last_id"\ncp "$1" "$FAKE_SLURM/sbatch_$n.sh"\n'
+              'echo "Submitted batch job $n"\n',
+    "sacct": '#!/bin/sh\necho "JobID|State|NodeList"\ncat "$FAKE_SLURM/states"\n',
+}
+
+
+def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path, monkeypatch):
+  """Through a fake sbatch/sacct: the first invocation submits one sbatch script per arm
+  with the flags' parameters and records its job id; the next, while sacct says one job
+  runs and the other failed, resubmits only the failed one."""
+  import submitit
+  fake = tmp_path / "slurm"
+  fake.mkdir()
+  for name, text in FAKE_SLURM.items():
+    (fake / name).write_text(text)
+    (fake / name).chmod(0o755)
+  monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+  monkeypatch.setenv("FAKE_SLURM", str(fake))
+  path, workdir = tmp_path / "two.py", tmp_path / "run"
+  path.write_text(EXPERIMENT.format(corpus=tmp_path))
+  spec = jobs.executor_from_flags("slurm", "timeout_min=60,partition=gpu,gpus_per_node=1")
+  arm = {a: str(workdir / "arms" / a) for a in ("synthetic", "text")}
+
+  first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)
+  assert first["jobs"]["submitted"] == [(arm["synthetic"], "4241"), (arm["text"], "4242")]
+  script = (fake / "sbatch_4241.sh").read_text()
+  for line in ("#SBATCH --partition=gpu", "#SBATCH --time=60", "#SBATCH --gpus-per-node=1",
+               "#SBATCH --job-name=mgm-synthetic", f"cd {os.getcwd()}",
+               f"export PYTHONPATH={ROOT}$"):
+    assert line in script, line
+  assert json.loads((workdir / "arms" / "synthetic" / "job.json").read_text())["job_id"] == "4241"
+
+  (fake / "states").write_text("4241|RUNNING|node1\n4242|FAILED|node2\n")
+  submitit.SlurmJob.watcher.clear()   # its cache; each launch.py is a new process
+  second = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  assert second["submitted"] == [(arm["text"], "4243")]
+  [(running, why)] = second["running"]
+  assert running == arm["synthetic"] and "job 4241 running" in why
+  record = json.loads((workdir / "arms" / "text" / "job.json").read_text())
+  assert record["job_id"] == "4243" and record["earlier_jobs"] == ["4242"]
+  assert "4243" in runner.result_line({"jobs": second})
