@@ -21,6 +21,7 @@ and the executor's own, with or without its prefix (`partition` or
 is a ConfigError naming it (launch.py: one line, exit 2).
 """
 import dataclasses
+import json
 import os
 import pickle
 import re
@@ -145,13 +146,17 @@ def _value(name: str, key: str, text: str):
 # -- the job -------------------------------------------------------------------
 
 def run_unit(arm, overrides: dict, directory: str) -> dict:
-  """What a job runs: the arm's training in `directory` by the sequential runner's
-  own function (runner.train_arm). Returns loop.run_mode's result."""
+  """What a job (each of its tasks) runs: the arm's training in `directory` by the
+  sequential runner's own function (runner.train_arm), after
+  `jax.distributed.initialize` where the arm's config asks for it (a job of several
+  tasks or nodes: --config.distributed.auto=True), as launch.py does. Returns
+  loop.run_mode's result."""
   from absl import flags
-  from mgm import runner
+  from mgm import runner, sharding
   if not flags.FLAGS.is_parsed():   # no app.run in a job; grain workers read flags
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO)
+  sharding.initialize_distributed(runner.arm_config(arm, overrides).distributed)
   return runner.train_arm(arm, overrides, directory)
 
 
@@ -174,7 +179,6 @@ def record_path(directory: str) -> str:
 
 
 def read_record(directory: str) -> dict | None:
-  import json
   try:
     with open(record_path(directory), encoding="utf-8") as f:
       return json.load(f)
