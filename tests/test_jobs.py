@@ -188,18 +188,28 @@ FAKE_SLURM = {   # on PATH: submitit finds srun, submits with sbatch, asks sacct
 }
 
 
-def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path, monkeypatch):
-  """Through a fake sbatch/sacct: the first invocation submits one sbatch script per arm
-  with the flags' parameters and records its job id; the next, while sacct says one job
-  runs and the other failed, resubmits only the failed one."""
+def fake_slurm(tmp_path, monkeypatch):
+  """FAKE_SLURM's commands in tmp_path/slurm, first on PATH; sacct reports the lines
+  of tmp_path/slurm/states ('ID|STATE|NODE'). Returns that directory."""
   import submitit
   fake = tmp_path / "slurm"
   fake.mkdir()
   for name, text in FAKE_SLURM.items():
     (fake / name).write_text(text)
     (fake / name).chmod(0o755)
+  (fake / "states").write_text("")
   monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
   monkeypatch.setenv("FAKE_SLURM", str(fake))
+  submitit.SlurmJob.watcher.clear()
+  return fake
+
+
+def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path, monkeypatch):
+  """Through a fake sbatch/sacct: the first invocation submits one sbatch script per arm
+  with the flags' parameters and records its job id; the next, while sacct says one job
+  runs and the other failed, resubmits only the failed one."""
+  import submitit
+  fake = fake_slurm(tmp_path, monkeypatch)
   path, workdir = tmp_path / "two.py", tmp_path / "run"
   path.write_text(EXPERIMENT.format(corpus=tmp_path))
   spec = jobs.executor_from_flags("slurm", "timeout_min=60,partition=gpu,gpus_per_node=1")
@@ -223,3 +233,33 @@ def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path,
   record = json.loads((workdir / "arms" / "text" / "job.json").read_text())
   assert record["job_id"] == "4243" and record["earlier_jobs"] == ["4242"]
   assert "4243" in runner.result_line({"jobs": second})
+
+
+def test_an_arms_runs_are_one_slurm_job_array(tmp_path, monkeypatch):
+  """An arm of several runs (seeds: jobs.arm_runs) is one sbatch job array, each
+  run's directory recording its array task; the next invocation resubmits only
+  the failed task."""
+  import submitit
+  fake = fake_slurm(tmp_path, monkeypatch)
+  path, workdir = tmp_path / "two.py", tmp_path / "run"
+  path.write_text(EXPERIMENT.format(corpus=tmp_path))
+
+  def two_seeds(arm, plan, workdir):
+    return [({**plan, "seed": k}, os.path.join(runner.arm_dir(workdir, arm), f"seed_{k}"))
+            for k in (0, 1)]
+  monkeypatch.setattr(jobs, "arm_runs", two_seeds)
+  spec = jobs.executor_from_flags("slurm", "timeout_min=60")
+  seed = {(a, k): str(workdir / "arms" / a / f"seed_{k}") for a in ("synthetic", "text")
+          for k in (0, 1)}
+  first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  assert first["submitted"] == [(seed["synthetic", 0], "4241_0"), (seed["synthetic", 1], "4241_1"),
+                                (seed["text", 0], "4242_0"), (seed["text", 1], "4242_1")]
+  assert "#SBATCH --array=0-1" in (fake / "sbatch_4241.sh").read_text()
+  assert not (fake / "sbatch_4243.sh").exists()
+
+  (fake / "states").write_text("4241_0|RUNNING|n1\n4241_1|FAILED|n2\n4242_[0-1]|PENDING|\n")
+  submitit.SlurmJob.watcher.clear()
+  second = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  assert second["submitted"] == [(seed["synthetic", 1], "4243")]
+  assert sorted(d for d, _ in second["running"]) == sorted(
+      seed[k] for k in (("synthetic", 0), ("text", 0), ("text", 1)))
