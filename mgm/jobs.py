@@ -20,6 +20,7 @@ and the executor's own, with or without its prefix (`partition` or
 `slurm_partition`). Every flag is checked before anything is written: a bad one
 is a ConfigError naming it (launch.py: one line, exit 2).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ EXECUTORS = ("slurm", "local")
 # submitit's shared keys (AutoExecutor's) and their types
 TYPES = {"name": str, "timeout_min": int, "mem_gb": float, "nodes": int, "cpus_per_task": int,
          "gpus_per_node": int, "tasks_per_node": int, "stderr_to_stdout": bool}
-RESERVED = ("setup",)   # the runner's: it makes the job start where launch.py ran
+RESERVED = ("setup",)   # the runner's: it makes a SLURM job start where launch.py ran
 # submitit's local executor ends a job after 2 minutes unless told otherwise.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 # SLURM states of a job that may still finish its arm (sacct's; submitit's
@@ -164,14 +165,37 @@ def run_unit(arm, overrides: dict, directory: str) -> dict:
 
 def make_executor(spec: Executor, workdir: str):
   """A submitit AutoExecutor logging to workdir/jobs/ (<job id>_0_log.err, ...), whose
-  jobs start in this process's directory with the repository importable."""
+  jobs start in this process's directory with the repository importable: SLURM's
+  by setup lines in the sbatch script; local ones inherit this process's directory
+  and environment (`pythonpath` around the submission), since setup lines would
+  start them under a shell whose pid, the job id, dies before the job on SIGTERM."""
   import submitit
-  from mgm.runner import ROOT
   executor = submitit.AutoExecutor(os.path.join(workdir, "jobs"), cluster=spec.name)
-  setup = [f"cd {shlex.quote(os.getcwd())}",
-           f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
-  executor.update_parameters(**spec.params, **{f"{spec.name}_setup": setup})
+  executor.update_parameters(**spec.params)
+  if spec.name == "slurm":
+    executor.update_parameters(slurm_setup=[
+        f"cd {shlex.quote(os.getcwd())}",
+        f"export PYTHONPATH={shlex.quote(_root())}${{PYTHONPATH:+:$PYTHONPATH}}"])
   return executor
+
+
+def _root() -> str:
+  from mgm.runner import ROOT
+  return ROOT
+
+
+@contextlib.contextmanager
+def pythonpath():
+  """This repository first on PYTHONPATH in os.environ while submitting (local jobs)."""
+  before = os.environ.get("PYTHONPATH")
+  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (_root(), before)))
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ["PYTHONPATH"]
+    else:
+      os.environ["PYTHONPATH"] = before
 
 
 def record_path(directory: str) -> str:
@@ -292,7 +316,7 @@ def submit(runs: list[tuple], spec: Executor, workdir: str) -> list:
     by_arm.setdefault(arm.name, (arm, []))[1].append((overrides, directory))
   for arm, arm_runs_ in by_arm.values():
     executor.update_parameters(name=f"mgm-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arm.name)}")
-    with executor.batch():
+    with pythonpath(), executor.batch():
       batch = [executor.submit(run_unit, arm, overrides, directory)
                for overrides, directory in arm_runs_]
     for job, (_, directory) in zip(batch, arm_runs_):

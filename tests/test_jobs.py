@@ -7,6 +7,7 @@ sequential runner trains; bad executor flags are refused before anything is
 written."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -263,3 +264,36 @@ def test_an_arms_runs_are_one_slurm_job_array(tmp_path, monkeypatch):
   assert second["submitted"] == [(seed["synthetic", 1], "4243")]
   assert sorted(d for d, _ in second["running"]) == sorted(
       seed[k] for k in (("synthetic", 0), ("text", 0), ("text", 1)))
+
+
+def processes_naming(text: str) -> list[int]:
+  """Pids of the live processes whose command line contains `text`."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        if text.encode() in f.read():
+          pids.append(int(pid))
+    except OSError:
+      pass
+  return pids
+
+
+def test_a_running_local_job_is_left_and_a_killed_one_resubmitted(tmp_path, monkeypatch):
+  """Without --wait: a second invocation finds both local jobs running and submits
+  nothing; interrupting a job's controller (its job id) ends the job's processes,
+  and the arm is then to be resubmitted, with the job named."""
+  path, workdir = tmp_path / "two.py", tmp_path / "run"
+  path.write_text(EXPERIMENT.format(corpus=tmp_path))
+  spec = jobs.executor_from_flags("local", None)
+  first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  second = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  assert second["submitted"] == [] and len(second["running"]) == 2
+  for (directory, job_id), (running, why) in zip(first["submitted"], second["running"]):
+    assert running == directory and why == f"job {job_id} running"
+    os.kill(int(job_id), signal.SIGINT)   # submitit's LocalJob.cancel
+    os.waitpid(int(job_id), 0)            # our child: reaped
+  assert processes_naming(str(workdir / "jobs")) == []   # no task outlives its controller
+  for directory, job_id in first["submitted"]:
+    state, why = jobs.unit_state(directory, 3)
+    assert state == "submit" and why.startswith(f"job {job_id} "), why
