@@ -10,7 +10,8 @@ DIR/results.{md,csv} and DIR/*.png. With --dry_run it prints one launch.py
 command per arm instead (for a pod or a cluster), run by the interpreter that
 ran the dry run (sys.executable), and nothing else on stdout, so
 `... --dry_run | sh` runs them; run the experiment again without it once they
-are done to write the tables.
+are done to write the tables. With --executor=slurm (or local) the arms are
+cluster jobs (mgm/jobs.py) running `train_arm`, as the sequential runner does.
 """
 import dataclasses
 import importlib.util

@@ -284,9 +284,16 @@ def test_a_running_local_job_is_left_and_a_killed_one_resubmitted(tmp_path, monk
   nothing; interrupting a job's controller (its job id) ends the job's processes,
   and the arm is then to be resubmitted, with the job named."""
   path, workdir = tmp_path / "two.py", tmp_path / "run"
-  path.write_text(EXPERIMENT.format(corpus=tmp_path))
+  write_corpus(tmp_path / "corpus")   # neither job ends by itself before it is interrupted
+  path.write_text(EXPERIMENT.format(corpus=tmp_path / "corpus"))
   spec = jobs.executor_from_flags("local", None)
-  first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  # A job inherits an ignored SIGINT (pytest started by `... &` in a script ignores it);
+  # a handled one is reset to the default in the job.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  finally:
+    signal.signal(signal.SIGINT, previous)
   second = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
   assert second["submitted"] == [] and len(second["running"]) == 2
   for (directory, job_id), (running, why) in zip(first["submitted"], second["running"]):
