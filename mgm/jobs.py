@@ -287,24 +287,17 @@ def unit_state(directory: str, steps: int) -> tuple[str, str]:
   return "submit", f"job {record['job_id']} {why_unfinished(record)}"
 
 
-def arm_runs(arm, plan: dict, workdir: str) -> list[tuple[dict, str]]:
-  """The arm's runs as (overrides, directory): one job each, an arm's runs one
-  batch (a job array on SLURM). One run per arm; one per seed where an
-  experiment has several (each its own directory and `seed` override)."""
-  from mgm import runner
-  return [(plan, runner.arm_dir(workdir, arm))]
-
-
-def survey(experiment, plans: dict, workdir: str) -> list[tuple]:
-  """(arm, overrides, directory, state, why) of every run (unit_state)."""
-  runs = []
-  for i, arm in enumerate(experiment.arms):
-    for overrides, directory in arm_runs(arm, plans[arm.name], workdir):
-      state, why = unit_state(directory, overrides["train.steps"])
-      logging.info("experiment %s, arm %d/%d %r: %s%s in %s", experiment.name, i + 1,
-                   len(experiment.arms), arm.name, state, f" ({why})" if why else "", directory)
-      runs.append((arm, overrides, directory, state, why))
-  return runs
+def survey(experiment, runs: list[tuple], workdir: str) -> list[tuple]:
+  """(arm, overrides, directory, state, why) of every run (arm, overrides, directory):
+  unit_state's, logged."""
+  index = {arm.name: i for i, arm in enumerate(experiment.arms)}
+  out = []
+  for arm, overrides, directory in runs:
+    state, why = unit_state(directory, overrides["train.steps"])
+    logging.info("experiment %s, arm %d/%d %r: %s%s in %s", experiment.name, index[arm.name] + 1,
+                 len(experiment.arms), arm.name, state, f" ({why})" if why else "", directory)
+    out.append((arm, overrides, directory, state, why))
+  return out
 
 
 def submit(runs: list[tuple], spec: Executor, workdir: str) -> list:
@@ -314,26 +307,28 @@ def submit(runs: list[tuple], spec: Executor, workdir: str) -> list:
   by_arm = {}
   for arm, overrides, directory in runs:
     by_arm.setdefault(arm.name, (arm, []))[1].append((overrides, directory))
-  for arm, arm_runs_ in by_arm.values():
+  for arm, its_runs in by_arm.values():
     executor.update_parameters(name=f"mgm-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arm.name)}")
     with pythonpath(), executor.batch():
       batch = [executor.submit(run_unit, arm, overrides, directory)
-               for overrides, directory in arm_runs_]
-    for job, (_, directory) in zip(batch, arm_runs_):
+               for overrides, directory in its_runs]
+    for job, (_, directory) in zip(batch, its_runs):
       write_record(directory, spec, job, read_record(directory))
       logging.info("arm %r: job %s submitted for %s", arm.name, job.job_id, directory)
     jobs += batch
   return jobs
 
 
-def submit_and_collect(experiment, plans: dict, workdir: str, spec: Executor,
+def submit_and_collect(experiment, runs: list[tuple], workdir: str, spec: Executor,
                        wait: bool = False, poll_s: float | None = None) -> dict:
-  """Submit the experiment's unfinished runs, leaving running ones be; with `wait`,
+  """Submit the experiment's unfinished runs (arm, overrides, directory: one per arm,
+  or one per arm and seed; an arm's runs are one batch, a job array on SLURM),
+  leaving running ones be; with `wait`,
   wait until every job has ended. Returns {'done': [directory], 'running':
   [(directory, why)], 'submitted': [(directory, job id)], 'failed': [(directory, why)],
   'finished': whether every run is done} ('failed': only with `wait`; without it, a
   failed run is resubmitted)."""
-  runs = survey(experiment, plans, workdir)
+  runs = survey(experiment, runs, workdir)
   to_submit = [(arm, overrides, d) for arm, overrides, d, state, _ in runs if state == "submit"]
   jobs = submit(to_submit, spec, workdir) if to_submit else []
   submitted = [(d, str(job.job_id)) for job, (_, _, d) in zip(jobs, to_submit)]
@@ -342,7 +337,7 @@ def submit_and_collect(experiment, plans: dict, workdir: str, spec: Executor,
     poll_s = poll_s or (1.0 if spec.name == "local" else 60.0)
     while not all(job.done() for job in jobs) or any(_active(d) for d in running):
       time.sleep(poll_s)
-    runs = survey(experiment, plans, workdir)
+    runs = survey(experiment, [(arm, o, d) for arm, o, d, _, _ in runs], workdir)
   out = {"done": [], "running": [], "submitted": submitted, "failed": [],
          "finished": all(state == "done" for *_, state, _ in runs)}
   for _, _, directory, state, why in runs:

@@ -211,7 +211,8 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False,
     return {"arms": len(experiment.arms)}
   if executor is not None:
     from mgm import jobs
-    outcome = jobs.submit_and_collect(experiment, plans, workdir, executor, wait=wait)
+    runs = [(arm, plans[arm.name], arm_dir(workdir, arm)) for arm in experiment.arms]
+    outcome = jobs.submit_and_collect(experiment, runs, workdir, executor, wait=wait)
     if not outcome["finished"]:
       return {"jobs": outcome}
   else:

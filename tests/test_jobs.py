@@ -237,22 +237,20 @@ def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path,
 
 
 def test_an_arms_runs_are_one_slurm_job_array(tmp_path, monkeypatch):
-  """An arm of several runs (seeds: jobs.arm_runs) is one sbatch job array, each
-  run's directory recording its array task; the next invocation resubmits only
-  the failed task."""
+  """An arm of several runs (seeds) is one sbatch job array, each run's directory
+  recording its array task; the next invocation resubmits only the failed task."""
   import submitit
   fake = fake_slurm(tmp_path, monkeypatch)
   path, workdir = tmp_path / "two.py", tmp_path / "run"
   path.write_text(EXPERIMENT.format(corpus=tmp_path))
-
-  def two_seeds(arm, plan, workdir):
-    return [({**plan, "seed": k}, os.path.join(runner.arm_dir(workdir, arm), f"seed_{k}"))
-            for k in (0, 1)]
-  monkeypatch.setattr(jobs, "arm_runs", two_seeds)
+  experiment = runner.load(f"{path}:tiny")
+  plans = runner.planned_overrides(experiment)
+  seed = {(arm.name, k): str(workdir / "arms" / arm.name / f"seed_{k}")
+          for arm in experiment.arms for k in (0, 1)}
+  runs = [(arm, {**plans[arm.name], "seed": k}, seed[arm.name, k])
+          for arm in experiment.arms for k in (0, 1)]
   spec = jobs.executor_from_flags("slurm", "timeout_min=60")
-  seed = {(a, k): str(workdir / "arms" / a / f"seed_{k}") for a in ("synthetic", "text")
-          for k in (0, 1)}
-  first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  first = jobs.submit_and_collect(experiment, runs, str(workdir), spec)
   assert first["submitted"] == [(seed["synthetic", 0], "4241_0"), (seed["synthetic", 1], "4241_1"),
                                 (seed["text", 0], "4242_0"), (seed["text", 1], "4242_1")]
   assert "#SBATCH --array=0-1" in (fake / "sbatch_4241.sh").read_text()
@@ -260,7 +258,7 @@ def test_an_arms_runs_are_one_slurm_job_array(tmp_path, monkeypatch):
 
   (fake / "states").write_text("4241_0|RUNNING|n1\n4241_1|FAILED|n2\n4242_[0-1]|PENDING|\n")
   submitit.SlurmJob.watcher.clear()
-  second = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)["jobs"]
+  second = jobs.submit_and_collect(experiment, runs, str(workdir), spec)
   assert second["submitted"] == [(seed["synthetic", 1], "4243")]
   assert sorted(d for d, _ in second["running"]) == sorted(
       seed[k] for k in (("synthetic", 0), ("text", 0), ("text", 1)))
