@@ -7,6 +7,7 @@ sequential runner trains; bad executor flags are refused before anything is
 written."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -35,6 +36,15 @@ def get_experiment(size="tiny"):
 '''
 # One thread per job process: the local executor's jobs share the machine with the suite.
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def run_path(workdir, name: str):
+  """The directory of the arm `name`'s (only) run: its arm directory, or its seed 0's
+  (runner.run_dir) where an experiment's runs have seeds."""
+  arm = runner.Arm(name, "configs/lm.py:tiny")
+  if hasattr(runner, "run_dir"):
+    return pathlib.Path(runner.run_dir(str(workdir), arm, 0))
+  return pathlib.Path(runner.arm_dir(str(workdir), arm))
 
 
 def write_corpus(directory):
@@ -73,22 +83,22 @@ def rounds(tmp_path_factory):
       out["submitted"].append([])
       out["results"].append(runner.run_experiment(out["experiment"], str(workdir),
                                                   executor=executor, wait=True))
-      out["records"].append({arm: json.loads((workdir / "arms" / arm / "job.json").read_text())
+      out["records"].append({arm: json.loads((run_path(workdir, arm) / "job.json").read_text())
                              for arm in ("synthetic", "text")})
       out["finished"].append([arm for arm in ("synthetic", "text")
-                              if (workdir / "arms" / arm / "summary.json").exists()] +
+                              if (run_path(workdir, arm) / "summary.json").exists()] +
                              ["table"] * (workdir / "results.md").exists())
   return out
 
 
 def test_first_invocation_trains_one_arm_and_reports_the_failed_job(rounds):
   workdir, (first, *_) = rounds["workdir"], rounds["results"]
-  assert sorted(rounds["submitted"][0]) == [str(workdir / "arms" / a)
+  assert sorted(rounds["submitted"][0]) == [str(run_path(workdir, a))
                                             for a in ("synthetic", "text")]
   outcome = first["jobs"]
-  assert outcome["done"] == [str(workdir / "arms" / "synthetic")]
+  assert outcome["done"] == [str(run_path(workdir, "synthetic"))]
   [(directory, why)] = outcome["failed"]
-  assert directory == str(workdir / "arms" / "text")
+  assert directory == str(run_path(workdir, "text"))
   assert "failed" in why and "data.files" in why and "matches no file" in why, why
   assert rounds["finished"][0] == ["synthetic"]          # no table yet
   line = runner.result_line(first)
@@ -97,7 +107,7 @@ def test_first_invocation_trains_one_arm_and_reports_the_failed_job(rounds):
 
 def test_second_invocation_resubmits_only_the_failed_arm_and_writes_the_table(rounds):
   workdir = rounds["workdir"]
-  assert rounds["submitted"][1] == [str(workdir / "arms" / "text")]
+  assert rounds["submitted"][1] == [str(run_path(workdir, "text"))]
   assert rounds["results"][1] == {"table": str(workdir / "results.md")}
   assert rounds["finished"][1] == ["synthetic", "text", "table"]
   before, after = rounds["records"][0], rounds["records"][1]
@@ -106,7 +116,7 @@ def test_second_invocation_resubmits_only_the_failed_arm_and_writes_the_table(ro
   assert after["text"]["earlier_jobs"] == [before["text"]["job_id"]]
   table = (workdir / "results.md").read_text()
   for arm in ("synthetic", "text"):
-    summary = json.loads((workdir / "arms" / arm / "summary.json").read_text())
+    summary = json.loads((run_path(workdir, arm) / "summary.json").read_text())
     assert summary["steps"] == 3
     assert f"{summary['eval_bpb']:.3f}" in table
 
@@ -124,7 +134,7 @@ def test_a_job_trains_what_the_sequential_runner_trains(rounds, tmp_path):
   arm = experiment.arms[0]
   plan = runner.planned_overrides(experiment)[arm.name]
   runner.train_arm(arm, plan, str(tmp_path / "here"))
-  job_dir = rounds["workdir"] / "arms" / "synthetic"
+  job_dir = run_path(rounds["workdir"], "synthetic")
   losses = [[(row["step"], row["train_loss"], row["grad_norm"]) for row in map(
       json.loads, (d / "metrics.jsonl").read_text().splitlines())]
             for d in (job_dir, tmp_path / "here")]
@@ -214,7 +224,7 @@ def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path,
   path, workdir = tmp_path / "two.py", tmp_path / "run"
   path.write_text(EXPERIMENT.format(corpus=tmp_path))
   spec = jobs.executor_from_flags("slurm", "timeout_min=60,partition=gpu,gpus_per_node=1")
-  arm = {a: str(workdir / "arms" / a) for a in ("synthetic", "text")}
+  arm = {a: str(run_path(workdir, a)) for a in ("synthetic", "text")}
 
   first = runner.run_experiment(f"{path}:tiny", str(workdir), executor=spec)
   assert first["jobs"]["submitted"] == [(arm["synthetic"], "4241"), (arm["text"], "4242")]
@@ -223,7 +233,7 @@ def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path,
                "#SBATCH --job-name=mgm-synthetic", f"cd {os.getcwd()}",
                f"export PYTHONPATH={ROOT}$"):
     assert line in script, line
-  assert json.loads((workdir / "arms" / "synthetic" / "job.json").read_text())["job_id"] == "4241"
+  assert json.loads((run_path(workdir, "synthetic") / "job.json").read_text())["job_id"] == "4241"
 
   (fake / "states").write_text("4241|RUNNING|node1\n4242|FAILED|node2\n")
   submitit.SlurmJob.watcher.clear()   # its cache; each launch.py is a new process
@@ -231,7 +241,7 @@ def test_slurm_jobs_submitted_left_running_and_resubmitted_when_failed(tmp_path,
   assert second["submitted"] == [(arm["text"], "4243")]
   [(running, why)] = second["running"]
   assert running == arm["synthetic"] and "job 4241 running" in why
-  record = json.loads((workdir / "arms" / "text" / "job.json").read_text())
+  record = json.loads((run_path(workdir, "text") / "job.json").read_text())
   assert record["job_id"] == "4243" and record["earlier_jobs"] == ["4242"]
   assert "4243" in runner.result_line({"jobs": second})
 
