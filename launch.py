@@ -3,7 +3,8 @@
   python launch.py --config=configs/lm.py:demo --workdir=runs/demo [--mode=train|eval|sample]
                    [--config.train.steps=100 ...]
   python launch.py --experiment=experiments/granularity.py:cpu --workdir=runs/granularity
-                   [--dry_run]
+                   [--dry_run | --executor=slurm --executor_params=timeout_min=240,partition=gpu
+                    [--wait]]
 """
 import logging as std_logging
 import sys
@@ -19,6 +20,15 @@ _EXPERIMENT = flags.DEFINE_string(
     "experiments/granularity.py:cpu (instead of --config)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --experiment: print one launch.py "
                              "command per run (arm and seed) instead of running them")
+_EXECUTOR = flags.DEFINE_string(
+    "executor", None, "With --experiment: submit the arms as jobs through submitit, to "
+    "slurm (or local: this machine, as the tests do); the same command again collects "
+    "finished arms, resubmits failed ones and writes the table when all are done")
+_EXECUTOR_PARAMS = flags.DEFINE_string(
+    "executor_params", None, "With --executor: submitit's update_parameters as KEY=VALUE,... "
+    "e.g. timeout_min=240,partition=gpu,gpus_per_node=1 (slurm needs timeout_min)")
+_WAIT = flags.DEFINE_bool("wait", False, "With --executor: wait until the jobs end, then "
+                          "collect them (the table once every arm is done)")
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull", "--helpxml")
@@ -93,7 +103,7 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())   # every logger's records pass it
   # Imported here so `--help` and flag errors do not pay for importing jax.
-  from mgm import loop, runner, sharding
+  from mgm import jobs, loop, runner, sharding
   from mgm.errors import ConfigError, TrainingError, WorkdirError
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
@@ -102,8 +112,11 @@ def main(argv):
           file=sys.stderr)
     return 2
   try:
-    if _EXPERIMENT.value:   # arms run here one after another (--dry_run: elsewhere)
-      result = runner.run_experiment(_EXPERIMENT.value, workdir, dry_run=_DRY_RUN.value)
+    executor = jobs.executor_from_flags(_EXECUTOR.value, _EXECUTOR_PARAMS.value, _DRY_RUN.value,
+                                        _WAIT.value, experiment=bool(_EXPERIMENT.value))
+    if _EXPERIMENT.value:   # arms run here one after another (--dry_run: elsewhere; jobs)
+      result = runner.run_experiment(_EXPERIMENT.value, workdir, dry_run=_DRY_RUN.value,
+                                     executor=executor, wait=_WAIT.value)
     else:
       sharding.initialize_distributed(config.distributed)   # before jax touches a device
       result = loop.run_mode(config, workdir, mode)
@@ -116,6 +129,8 @@ def main(argv):
   if _EXPERIMENT.value:
     if not _DRY_RUN.value:   # a dry run's stdout is its commands and nothing else
       print(runner.result_line(result))
+    if result.get("jobs", {}).get("failed"):   # after --wait
+      return 1
   elif mode == "sample":
     print("\n\n".join(result))
   else:

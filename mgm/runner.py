@@ -15,7 +15,8 @@ one launch.py command per run (arm and seed) instead (for a pod or a
 cluster), run by the interpreter that
 ran the dry run (sys.executable), and nothing else on stdout, so
 `... --dry_run | sh` runs them; run the experiment again without it once they
-are done to write the tables.
+are done to write the tables. With --executor=slurm (or local) the arms are
+cluster jobs (mgm/jobs.py) running `train_arm`, as the sequential runner does.
 """
 import dataclasses
 import importlib.util
@@ -236,12 +237,21 @@ def status(directory: str, steps: int) -> str:
   return "resume" if os.path.isdir(os.path.join(directory, "checkpoints")) else "new"
 
 
-def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) -> dict:
+def train_arm(arm: Arm, overrides: dict, directory: str) -> dict:
+  """One run of an arm in `directory` (loop.run_mode's result): what the sequential
+  runner runs for each arm and seed and a cluster job runs (mgm/jobs.py), so they agree."""
+  from mgm import loop   # deferred: only a run that trains needs it
+  return loop.run_mode(arm_config(arm, overrides), directory, "train")
+
+
+def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False,
+                   executor=None, wait: bool = False) -> dict:
   """Train every arm of the experiment `experiment_path` ('experiments/NAME.py:size')
   with each seed, skipping finished runs, then write the table and plots. Returns
   {'table': path} or, when a run was preempted, {'stopped_by', 'arm', 'seed'}; with
-  `dry_run`, prints the runs' commands instead."""
-  from mgm import loop   # deferred: only a run that trains needs it
+  `dry_run`, prints the runs' commands instead. With `executor` (a jobs.Executor)
+  the runs are jobs (jobs.submit_and_collect, an arm's seeds one batch; `wait`:
+  until they end): {'jobs': its outcome} until every run is done."""
   experiment = load(experiment_path)
   plans = planned_overrides(experiment)
   command_line = f"python launch.py --experiment={experiment_path} --workdir={workdir}"
@@ -253,6 +263,22 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) ->
     print(f"# {len(todo)} runs ({len(experiment.arms)} arms x {experiment.seeds} seeds); when "
           f"they are done, the table: {command_line}", file=sys.stderr)
     return {"arms": len(experiment.arms), "runs": len(todo)}
+  if executor is not None:
+    from mgm import jobs
+    outcome = jobs.submit_and_collect(experiment, [(a, o, d) for a, _, o, d in todo], workdir,
+                                      executor, wait=wait)
+    if not outcome["finished"]:
+      return {"jobs": outcome}
+  else:
+    stopped = train_in_turn(experiment, todo)
+    if stopped:
+      return stopped
+  return {"table": write_results(experiment, experiment_path, todo, workdir, command_line)}
+
+
+def train_in_turn(experiment: Experiment, todo: list) -> dict | None:
+  """Train the unfinished runs here, one after another: None, or {'stopped_by',
+  'arm', 'seed'} when a run was preempted (its step saved)."""
   index = {arm.name: i for i, arm in enumerate(experiment.arms)}
   for arm, k, overrides, directory in todo:
     state = status(directory, overrides["train.steps"])
@@ -262,10 +288,10 @@ def run_experiment(experiment_path: str, workdir: str, dry_run: bool = False) ->
                  overrides["train.steps"], directory)
     if state == "done":
       continue
-    result = loop.run_mode(arm_config(arm, overrides), directory, "train")
+    result = train_arm(arm, overrides, directory)
     if "stopped_by" in result:
       return {"stopped_by": result["stopped_by"], "arm": arm.name, "seed": k}
-  return {"table": write_results(experiment, experiment_path, todo, workdir, command_line)}
+  return None
 
 
 def write_results(experiment: Experiment, experiment_path: str, todo: list, workdir: str,
@@ -283,6 +309,9 @@ def write_results(experiment: Experiment, experiment_path: str, todo: list, work
 
 def result_line(result: dict) -> str:
   """The last line of an experiment run (launch.py prints it)."""
+  if "jobs" in result:
+    from mgm import jobs
+    return jobs.result_line(result["jobs"])
   if "stopped_by" in result:
     return (f"stopped by {result['stopped_by']} in arm {result['arm']!r}, seed "
             f"{result.get('seed', 0)} (saved); run the same command again to resume")
