@@ -112,6 +112,8 @@ def base_config():
                                         # ConfigDicts of mgm/nn/encoders.py EncoderSpec
   c.model.fusion = ""                   # '' (one encoder) | concat | gated | attention:K
   c.model.memory_width = 0              # fused memory width (0: the widest encoder's)
+  c.model.num_tasks = 0                 # task mixtures: learned task embeddings, one per
+                                        # data.tasks entry (configs/multitask.py); 0 = none
 
   c.data = mlc.ConfigDict()
   c.data.source = "synthetic"           # synthetic | text | tfds; paired tasks (one example
@@ -139,6 +141,9 @@ def base_config():
   c.data.image_channels = 3             # paired: 3 (RGB) or 1 (grey)
   c.data.blind_inputs = False           # paired: zero images / empty sources (a blind arm)
   c.data.val_examples = 1000            # generated paired tasks: validation set size
+  c.data.tasks = []                     # a task mixture (configs/multitask.py): ConfigDicts
+                                        # {name, source, rate, weight, data.* overrides};
+                                        # mgm/data/mixture.py. [] = the one task above
 
   c.train = mlc.ConfigDict()
   c.train.steps = 200

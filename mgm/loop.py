@@ -64,6 +64,17 @@ def check_units(metrics, config, step):
                       "the static maximum; raise it (or lower data.seq_len / set max_len)")
 
 
+def task_losses(metrics) -> dict:
+  """A task mixture's per-task train loss (nats/token) and bits/byte, from the
+  train step's loss_<task> metrics: {loss_<task>, bpb_<task>}; {} without tasks."""
+  row = {}
+  for key, value in metrics.items():
+    if key.startswith("loss_"):
+      row[key] = float(value)
+      row["bpb_" + key[len("loss_"):]] = bits_per_byte(float(value))
+  return row
+
+
 class NonFiniteGuard:
   """Stops the run after more than `limit` steps in a row with a non-finite loss
   or gradient norm (the train step skipped each). Reads each step's count one
@@ -169,7 +180,8 @@ class Trainer:
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
-           **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "tokens_"))},
+           **task_losses(metrics)}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
       evaluated = evaluation.held_out_loss(self.setup, state.params, self.eval_set)

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 
 from mgm import flops, sharding
+from mgm.data import mixture
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step
@@ -37,7 +38,8 @@ class Setup:
                          out_shardings=placement.state)
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
                placement.train_step(make_train_step(model, tx, config.train.grad_accum,
-                                                    config.train.label_smoothing)),
+                                                    config.train.label_smoothing,
+                                                    mixture.loss_tasks(config.data))),
                placement.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 
