@@ -172,16 +172,29 @@ def test_the_task_marker_changes_predictions_and_decoding_matches_teacher_forcin
     np.testing.assert_allclose(logits[0], forward(t)[0, n + 1], rtol=1e-4, atol=1e-4)
 
 
-def test_a_row_whose_task_has_no_source_does_not_read_the_source_slot(model_and_batch):
-  model, params, batch = model_and_batch
-  row = jax.tree.map(lambda x: x[rows_of(batch, 0)[:1]], batch)   # an lm row
-  assert not row["has_source"].any()
-  other = dict(row, source=jnp.full_like(row["source"], ord("x")))  # every slot real
+def test_a_row_reads_only_the_inputs_its_task_has():
+  """Two encoders fused by attention:K (whose own slots are always real): a
+  caption row ignores the source slot, an lm row both inputs."""
+  c = multitask.get_config("tiny")
+  c.model.update(fusion="attention:2")
+  c.data.update(seq_len=SEQ)
+  model = LM(spec_lib.from_config(c.model), c.data.packing)
+  batch = next(iter(pipeline.make_dataset(c.data, "train", batch_size=BATCH, seed=0)))
+  params = jax.jit(lambda r: nn.meta.unbox(init_params(model, r, (BATCH, SEQ))))(
+      jax.random.key(0))
   forward = jax.jit(lambda b: model.apply({"params": params}, b["tokens"], cond={
-      k: b[k] for k in ("source", "task", "has_source")}))
-  np.testing.assert_array_equal(forward(other), forward(row))
-  reading = dict(other, has_source=jnp.ones_like(row["has_source"]))
-  assert not np.allclose(forward(reading), forward(row), atol=1e-4)
+      k: b[k] for k in ("image", "source", "task", "has_image", "has_source")}))
+  noise = dict(batch, source=np.full_like(batch["source"], ord("x")),
+               image=np.full_like(batch["image"], 200))
+  caption_noise = dict(batch, source=noise["source"])
+  task = batch["task"][:, 0]
+  lm_rows, caption_rows = task == 0, task == 1
+  assert lm_rows.any() and caption_rows.any()
+  base = np.asarray(forward(batch))
+  np.testing.assert_array_equal(np.asarray(forward(noise))[lm_rows], base[lm_rows])
+  np.testing.assert_array_equal(np.asarray(forward(caption_noise))[caption_rows],
+                                base[caption_rows])
+  assert not np.allclose(np.asarray(forward(noise))[caption_rows], base[caption_rows])
 
 
 def test_a_row_with_an_all_masked_memory_is_finite_and_reads_nothing():
