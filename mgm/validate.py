@@ -229,13 +229,7 @@ def _validate_task_inputs(config, spec):
     if name not in have:
       raise ConfigError(f"model.encoders[{k}].kind", f"{e.kind} reads {name!r} and no task "
                         "of data.tasks gives it; drop the encoder or add a task with it")
-    pairs = ((("image_size", e.image_size, "data.image_size"),
-              ("channels", e.channels, "data.image_channels")) if name == "image" else
-             (("max_len", e.max_len, "data.source_len"),))
-    for attr, value, data_field in pairs:
-      if value != get(config, data_field):
-        raise ConfigError(f"model.encoders[{k}].{attr}", f"{value} differs from "
-                          f"{data_field}={get(config, data_field)}; make them equal")
+    _check_encoder_shape(config, f"model.encoders[{k}]", e)
 
 
 def _validate_conditioning(config):
@@ -272,14 +266,20 @@ def _validate_encoder_inputs(config, spec):
     if name not in have:
       raise ConfigError(f"{field}.kind", f"{e.kind} reads {name!r}, and data.source="
                         f"{data.source!r} gives {list(have)}; use an encoder of those")
-    pairs = ((("image_size", e.image_size, "data.image_size"),
-              ("channels", e.channels, "data.image_channels")) if name == "image" else
-             (("max_len", e.max_len, "data.source_len"),))
-    for attr, value, data_field in pairs:
-      if value != get(config, data_field):
-        raise ConfigError(f"{field}.{attr}", f"{value} differs from {data_field}="
-                          f"{get(config, data_field)}; make them equal")
+    _check_encoder_shape(config, field, e)
   conditioned.sample_inputs(config, spec)
+
+
+def _check_encoder_shape(config, field: str, e):
+  """The encoder reads the data's shape: image_size / channels / max_len equal
+  data.image_size / data.image_channels / data.source_len."""
+  pairs = ((("image_size", e.image_size, "data.image_size"),
+            ("channels", e.channels, "data.image_channels")) if e.encoder_kind.input == "image"
+           else (("max_len", e.max_len, "data.source_len"),))
+  for attr, value, data_field in pairs:
+    if value != get(config, data_field):
+      raise ConfigError(f"{field}.{attr}", f"{value} differs from {data_field}="
+                        f"{get(config, data_field)}; make them equal")
 
 
 def _validate_data(data):

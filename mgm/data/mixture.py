@@ -38,6 +38,7 @@ from mgm.data import paired, pipeline
 from mgm.errors import ConfigError
 
 TASK_FIELDS = ("name", "source", "rate", "weight")
+TARGET_KEYS = ("tokens", "mask", "segment_ids")   # a row's target; the rest conditions it
 SHARED_FIELDS = ("seq_len", "source_len", "image_size", "image_channels", "packing", "tasks")
 
 
@@ -182,12 +183,7 @@ def cond_rows(examples: list[dict], data_cfg, i: int) -> dict:
   rows = [conform(paired.encode_example(x, seq_len=1, source_len=data.source_len, inputs=has,
                                         blind=data.blind_inputs), i, has, data_cfg, all_inputs)
           for x in examples]
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in pipeline_keys()}
-
-
-def pipeline_keys() -> tuple[str, ...]:
-  """The target's keys of a row (not conditioning)."""
-  return ("tokens", "mask", "segment_ids")
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in TARGET_KEYS}
 
 
 def sampled_task(data_cfg) -> int:
