@@ -17,10 +17,7 @@ def held_out_loss(setup, params, batches) -> dict:
   eval_bpb_<task> per task; the plain keys are over every task's tokens."""
   if isinstance(batches, dict):
     return _per_task_loss(setup, params, batches)
-  total, count = 0.0, 0.0
-  for batch in batches:
-    s, c = setup.eval_step(params, setup.placement.global_batch(batch))
-    total, count = total + float(s), count + float(c)
+  total, count = _sums(setup, params, batches)
   nats = total / max(count, 1.0)
   return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
 

@@ -47,7 +47,8 @@ def is_mixture(data_cfg) -> bool:
 
 
 def names(data_cfg) -> tuple[str, ...]:
-  return tuple(t.name for t in data_cfg.tasks)
+  """The tasks' names in order; () without tasks."""
+  return tuple(t.name for t in data_cfg.get("tasks", None) or ())
 
 
 def weights(data_cfg) -> tuple[float, ...]:
