@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import lm, multitask
-from mgm import loop
+from mgm import checkpoint, loop
 from mgm.data import mixture, pipeline
 from mgm.data.tokenizer import EOS, PAD
 from mgm.errors import ConfigError
@@ -82,6 +82,24 @@ def test_resume_reproduces_the_task_sequence_bit_for_bit():
     resumed = iter(make())
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 6), expected)
+
+
+def test_a_checkpoint_resumes_the_task_sequence(tmp_path):
+  """Through the checkpoint code a run uses: the mixed iterator saved with a step
+  and restored into a fresh one continues with the same rows."""
+  c = rate_config()
+  make = lambda: iter(pipeline.make_dataset(c.data, "train", batch_size=BATCH, seed=2))
+  state = {"w": jnp.arange(3.0)}
+  it = make()
+  take(it, 4)
+  mngr = checkpoint.manager(str(tmp_path), c.checkpoint)
+  checkpoint.save(mngr, 4, state, it, force=True)
+  mngr.wait_until_finished()
+  expected = take(it, 5)
+  resumed = make()
+  _, step = checkpoint.restore_newest(mngr, checkpoint.abstract(state), resumed)
+  assert step == 4
+  assert_batches_equal(take(resumed, 5), expected)
 
 
 @pytest.fixture(scope="module")
