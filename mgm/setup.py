@@ -39,7 +39,7 @@ class Setup:
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
                placement.train_step(make_train_step(model, tx, config.train.grad_accum,
                                                     config.train.label_smoothing,
-                                                    mixture.loss_tasks(config.data))),
+                                                    tasks=mixture.loss_tasks(config.data))),
                placement.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 
