@@ -119,6 +119,8 @@ def base_config():
                                         # ConfigDicts of mgm/nn/encoders.py EncoderSpec
   c.model.fusion = ""                   # '' (one encoder) | concat | gated | attention:K
   c.model.memory_width = 0              # fused memory width (0: the widest encoder's)
+  c.model.num_tasks = 0                 # task mixtures: learned task embeddings, one per
+                                        # data.tasks entry (configs/multitask.py); 0 = none
 
   c.data = mlc.ConfigDict()
   c.data.source = "synthetic"           # synthetic | text | tfds; paired tasks (one example
@@ -154,6 +156,9 @@ def base_config():
   c.data.noise_replace = 0.05           # bytes: P(a byte is replaced by another)
   c.data.noise_insert = 0.05            # bytes: P(a random byte is inserted before a byte)
   c.data.noise_seed = 0                 # the noise's identity (with split and example index)
+  c.data.tasks = []                     # a task mixture (configs/multitask.py): ConfigDicts
+                                        # {name, source, rate, weight, data.* overrides};
+                                        # mgm/data/mixture.py. [] = the one task above
 
   c.train = mlc.ConfigDict()
   c.train.steps = 200

@@ -15,7 +15,7 @@ import numpy as np
 
 from mgm import decode, outputs
 from mgm.data import images as images_lib
-from mgm.data import paired
+from mgm.data import mixture, paired
 from mgm.data.tokenizer import decode as detokenize
 from mgm.errors import ConfigError
 from mgm.metrics import caption_scores, text_scores
@@ -62,8 +62,29 @@ def heldout_scores(config, model, params, step: int, workdir: str | None) -> dic
   n = config.eval.get("examples", 0)
   if not n or not model.spec.encoders:
     return {}
+  if mixture.is_mixture(config.data):
+    return _mixture_scores(config, model, params, step, workdir, n)
   examples = paired.held_out_examples(config.data, n)
   cond = cond_rows(examples, model.spec, config.data)
+  return _scores(config, model, params, examples, cond, step, workdir)
+
+
+def _mixture_scores(config, model, params, step, workdir, n) -> dict:
+  """heldout_<metric>_<task> of each task with an image or source; its outputs
+  under <workdir>/tasks/<task>/outputs/."""
+  result = {}
+  for i in mixture.paired_tasks(config.data):
+    name = config.data.tasks[i].name
+    examples = paired.held_out_examples(mixture.task_data(config.data, i), n)
+    cond = mixture.cond_rows(examples, config.data, i)
+    where = None if workdir is None else os.path.join(workdir, "tasks", name)
+    scores = _scores(config, model, params, examples, cond, step, where)
+    result.update({f"{k}_{name}": v for k, v in scores.items()})
+  return result
+
+
+def _scores(config, model, params, examples, cond, step, workdir) -> dict:
+  """Greedy (or beam) generation from `cond` scored against `examples`' references."""
   hyps = generate(config, model, params, cond, eval_settings(config), jax.random.key(0))
   refs = [list(x.get("references") or [x["target"]]) for x in examples]
   scores = {**{k: v for k, v in text_scores(hyps, [r[0] for r in refs]).items()
@@ -79,7 +100,7 @@ def _write(workdir, step, examples, cond, hyps, refs):
            "references": r, "generated": h}
           for i, (x, h, r) in enumerate(zip(examples, hyps, refs))]
   outputs.write_outputs(workdir, step, rows)
-  if "image" in cond:
+  if "image" in examples[0]:
     k = min(GRID_IMAGES, len(hyps))
     outputs.caption_grid(cond["image"][:k], hyps[:k], refs[:k],
                          os.path.join(workdir, "outputs", f"step_{step}.png"))
@@ -90,6 +111,12 @@ def sample_inputs(config, spec) -> tuple[dict, list[str]]:
   (a file or folder) and/or sample.source / sample.source_file; without them,
   the first held-out examples' (one per sample.num_samples draw)."""
   cfg, cond, names = config.sample, {}, []
+  if mixture.is_mixture(config.data):   # held-out examples of the first task with inputs
+    i = mixture.sampled_task(config.data)
+    examples = paired.held_out_examples(mixture.task_data(config.data, i), 4)
+    return (mixture.cond_rows(examples, config.data, i),
+            [f"task {config.data.tasks[i].name}, held-out example {k}"
+             for k in range(len(examples))])
   for e in spec.encoders:
     if e.encoder_kind.input == "image" and cfg.image:
       cond["image"], names = images_lib.load_images(cfg.image, e.image_size, e.channels)

@@ -12,13 +12,34 @@ from mgm.metrics import bits_per_byte, perplexity, text_scores
 
 def held_out_loss(setup, params, batches) -> dict:
   """eval_loss (nats per token), eval_bpb and eval_ppl over `batches` (this
-  process's rows of each; `setup`'s eval step sums over the global batch)."""
+  process's rows of each; `setup`'s eval step sums over the global batch). A task
+  mixture's {task: batches} (mgm/batches.py eval_set): also eval_loss_<task> and
+  eval_bpb_<task> per task; the plain keys are over every task's tokens."""
+  if isinstance(batches, dict):
+    return _per_task_loss(setup, params, batches)
+  total, count = _sums(setup, params, batches)
+  nats = total / max(count, 1.0)
+  return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
+
+
+def _sums(setup, params, batches) -> tuple[float, float]:
   total, count = 0.0, 0.0
   for batch in batches:
     s, c = setup.eval_step(params, setup.placement.global_batch(batch))
     total, count = total + float(s), count + float(c)
+  return total, count
+
+
+def _per_task_loss(setup, params, tasks: dict) -> dict:
+  result, total, count = {}, 0.0, 0.0
+  for name, batches in tasks.items():
+    s, c = _sums(setup, params, batches)
+    nats = s / max(c, 1.0)
+    result.update({f"eval_loss_{name}": nats, f"eval_bpb_{name}": bits_per_byte(nats)})
+    total, count = total + s, count + c
   nats = total / max(count, 1.0)
-  return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats)}
+  return {"eval_loss": nats, "eval_bpb": bits_per_byte(nats), "eval_ppl": perplexity(nats),
+          **result}
 
 
 def continuation_scores(config, model, params) -> dict:

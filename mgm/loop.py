@@ -12,7 +12,7 @@ from absl import logging
 from tqdm import tqdm
 
 from mgm import batches, checkpoint, conditioned, evaluation, files, flops, profiling, samples
-from mgm.data import pipeline
+from mgm.data import mixture, pipeline
 from mgm.errors import ConfigError, TrainingError, WorkdirError
 from mgm.files import MetricsWriter, last_logged, set_aside, write_json
 from mgm.metrics import bits_per_byte, summary_line
@@ -62,6 +62,18 @@ def check_units(metrics, config, step):
     fields = ", ".join(f"model.levels[{i}].max_units" for i in dynamic) or "model.levels"
     raise ConfigError(fields, f"a batch before step {step} had {excess} more units than "
                       "the static maximum; raise it (or lower data.seq_len / set max_len)")
+
+
+def task_metrics(metrics, names) -> dict:
+  """A task mixture's per-task train loss (nats/token), bits/byte and target tokens
+  from the train step's metrics: {loss_<task>, bpb_<task>, tokens_<task>} for each
+  name of `names` (mixture.names; () without tasks)."""
+  row = {}
+  for name in names:
+    loss = float(metrics[f"loss_{name}"])
+    row.update({f"loss_{name}": loss, f"bpb_{name}": bits_per_byte(loss),
+                f"tokens_{name}": float(metrics[f"tokens_{name}"])})
+  return row
 
 
 class NonFiniteGuard:
@@ -117,6 +129,7 @@ class Trainer:
     self.last_eval = {}
     stats = pipeline.source_stats(self.config.data)
     self.references = {k: stats[k] for k in REFERENCES if k in stats}
+    self.task_names = mixture.names(self.config.data)
 
   def wall_s(self) -> float:
     return self.prior_wall_s + time.time() - self.t0
@@ -169,7 +182,8 @@ class Trainer:
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
-           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "adv_"))}}
+           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "adv_"))},
+           **task_metrics(metrics, self.task_names)}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
       evaluated = evaluation.held_out_loss(self.setup, state.params, self.eval_set)

@@ -9,6 +9,7 @@ import numpy as np
 from absl import logging
 
 from mgm import conditioned, decode, files
+from mgm.data import mixture
 from mgm.data.tokenizer import PAD, decode as detokenize
 from mgm.prompts import read_prompts
 from mgm.validate import unit_excess
@@ -25,7 +26,8 @@ def draw(config, model, params, step: int) -> list[str]:
   texts = [p.text for p in read_prompts(config) for _ in range(cfg.num_samples)]
   tokens, lengths = decode.pack_prompts(texts, settings, model, config.data.seq_len)
   rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
-  out, _ = decode.generate(model, params, tokens, lengths, rng, settings)
+  out, _ = decode.generate(model, params, tokens, lengths, rng, settings,
+                           cond=mixture.prompt_cond(config.data, len(texts)))
   _warn_unit_overflow(model.spec, np.asarray(out), config.data.seq_len, model.packing)
   return [p + t for p, t in zip(texts, decode.new_text(out, lengths, detokenize))]
 

@@ -7,6 +7,7 @@ import jax
 
 from mgm import adversarial as adv_lib
 from mgm import flops, sharding
+from mgm.data import mixture
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step
@@ -40,7 +41,8 @@ class Setup:
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
                placement.train_step(make_train_step(model, tx, config.train.grad_accum,
                                                     config.train.label_smoothing,
-                                                    adversarial, config.seed)),
+                                                    adversarial, config.seed,
+                                                    tasks=mixture.loss_tasks(config.data))),
                placement.eval_step(make_eval_step(model)),
                flops.train_flops_per_token(model.spec, config.data.seq_len))
 

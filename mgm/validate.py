@@ -14,7 +14,7 @@ import numpy as np
 
 from mgm import adversarial as adv_lib
 from mgm import conditioned, decode, files, kinds, profiling, prompts, sharding
-from mgm.data import noise, paired, pipeline, sources, tokenizer
+from mgm.data import mixture, noise, paired, pipeline, sources, tokenizer
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
 from mgm.model import segment
@@ -153,11 +153,91 @@ def validate(config):
     raise ConfigError("eval.new_tokens", f"eval.prompt_tokens={config.eval.prompt_tokens} "
                       f"plus eval.new_tokens={config.eval.new_tokens} exceeds data.seq_len="
                       f"{config.data.seq_len}; lower one")
-  _open_source(config.data)
+  mixed = _validate_tasks(config, spec)
+  if not mixed:
+    _open_source(config.data)
   _validate_units(config, spec)
   _validate_prompts(config, spec, settings)
   _validate_continuations(config)
-  _validate_conditioning(config)
+  if not mixed:
+    _validate_conditioning(config)
+
+
+def _validate_tasks(config, spec) -> bool:
+  """data.tasks (mgm/data/mixture.py): each task's fields, its data opened as a
+  single-task run's; model.num_tasks equal to their number; every input a task
+  carries read by an encoder and every encoder fed by a task. Whether it is a mixture."""
+  data = config.data
+  tasks = data.get("tasks", None)
+  if not tasks:
+    if spec.num_tasks:
+      raise ConfigError("model.num_tasks", f"{spec.num_tasks} task embeddings but data.tasks "
+                        "is empty; set model.num_tasks=0 or list the tasks")
+    return False
+  seen = set()
+  for i, task in enumerate(tasks):
+    _validate_task(data, i, task, seen)
+  if spec.num_tasks != len(tasks):
+    raise ConfigError("model.num_tasks", f"is {spec.num_tasks}, and data.tasks lists "
+                      f"{len(tasks)} tasks; set --config.model.num_tasks={len(tasks)}")
+  if not any(float(t.weight) for t in tasks):
+    raise ConfigError("data.tasks", "every task's weight is 0, so nothing would train; "
+                      "give some task a weight > 0")
+  if config.adversarial.weight:
+    raise ConfigError("adversarial.weight", "the adversarial term is not built for task "
+                      "mixtures (data.tasks); set it to 0 or train one task")
+  for field in ("eval.continuations", "sample.image", "sample.source", "sample.source_file"):
+    if get(config, field):
+      raise ConfigError(field, "is not supported with data.tasks (a task mixture samples "
+                        "its first task with inputs, or task 0); unset it")
+  _validate_task_inputs(config, spec)
+  return True
+
+
+def _validate_task(data, i: int, task, seen: set):
+  field = f"data.tasks[{i}]"
+  for key in mixture.TASK_FIELDS:
+    if key not in task:
+      raise ConfigError(f"{field}.{key}", f"is missing; a task has {mixture.TASK_FIELDS}")
+  if not isinstance(task.name, str) or not task.name.isidentifier():
+    raise ConfigError(f"{field}.name", f"must be a name of letters, digits and _ (it names "
+                      f"the task's metrics, loss_<name>), got {task.name!r}")
+  if task.name in seen:
+    raise ConfigError(f"{field}.name", f"{task.name!r} names two tasks; give each its own")
+  seen.add(task.name)
+  if task.source not in SOURCES:
+    raise ConfigError(f"{field}.source", f"unknown source {task.source!r}; one of {SOURCES}")
+  if not _is_number(task.rate) or task.rate <= 0:
+    raise ConfigError(f"{field}.rate", f"a sampling rate must be a number > 0, got "
+                      f"{task.rate!r}; drop the task to leave it out")
+  if not _is_number(task.weight) or task.weight < 0:
+    raise ConfigError(f"{field}.weight", f"a loss weight must be a number >= 0, got "
+                      f"{task.weight!r}")
+  single = mixture.task_data(data, i)
+  try:
+    _validate_data(single)
+    _open_source(single)
+  except ConfigError as e:   # name the task's field: data.X -> data.tasks[i].X
+    raise ConfigError(e.field.replace("data.", f"{field}.", 1), str(e).split(": ", 1)[1]) \
+        from None
+
+
+def _validate_task_inputs(config, spec):
+  """Every task's inputs have an encoder, every encoder a task, of the data's shapes."""
+  data, read = config.data, set(spec.inputs)
+  for i in range(len(data.tasks)):
+    for name in mixture.task_inputs(data, i):
+      if name not in read:
+        raise ConfigError(f"data.tasks[{i}].source", f"{data.tasks[i].source!r} gives "
+                          f"{name!r} and the model has no encoder reading it; add one to "
+                          "model.encoders (one per modality) or drop the task")
+  have = set(mixture.inputs(data))
+  for k, e in enumerate(spec.encoders):
+    name = e.encoder_kind.input
+    if name not in have:
+      raise ConfigError(f"model.encoders[{k}].kind", f"{e.kind} reads {name!r} and no task "
+                        "of data.tasks gives it; drop the encoder or add a task with it")
+    _check_encoder_shape(config, f"model.encoders[{k}]", e)
 
 
 def _validate_adversarial(adv):
@@ -204,14 +284,20 @@ def _validate_encoder_inputs(config, spec):
     if name not in have:
       raise ConfigError(f"{field}.kind", f"{e.kind} reads {name!r}, and data.source="
                         f"{data.source!r} gives {list(have)}; use an encoder of those")
-    pairs = ((("image_size", e.image_size, "data.image_size"),
-              ("channels", e.channels, "data.image_channels")) if name == "image" else
-             (("max_len", e.max_len, "data.source_len"),))
-    for attr, value, data_field in pairs:
-      if value != get(config, data_field):
-        raise ConfigError(f"{field}.{attr}", f"{value} differs from {data_field}="
-                          f"{get(config, data_field)}; make them equal")
+    _check_encoder_shape(config, field, e)
   conditioned.sample_inputs(config, spec)
+
+
+def _check_encoder_shape(config, field: str, e):
+  """The encoder reads the data's shape: image_size / channels / max_len equal
+  data.image_size / data.image_channels / data.source_len."""
+  pairs = ((("image_size", e.image_size, "data.image_size"),
+            ("channels", e.channels, "data.image_channels")) if e.encoder_kind.input == "image"
+           else (("max_len", e.max_len, "data.source_len"),))
+  for attr, value, data_field in pairs:
+    if value != get(config, data_field):
+      raise ConfigError(f"{field}.{attr}", f"{value} differs from {data_field}="
+                        f"{get(config, data_field)}; make them equal")
 
 
 def _validate_data(data):

@@ -65,6 +65,7 @@ BAD = {
     "model.attention_impl": ["flash"],
     "model.dtype": ["float8"],
     "model.fusion": ["concat"],                # no encoders to fuse
+    "model.num_tasks": [-1, 2],                # 2: data.tasks is empty
     "model.memory_width": [-1],
     "model.levels[0].cross_attention": [True, "yes"],   # True: no encoders
     "model.levels[0].aux_loss": ["bag"],       # the token level has the token loss

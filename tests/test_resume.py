@@ -314,8 +314,8 @@ def test_launch_refuses_init_from_a_model_of_other_shapes(reference, tmp_path):
 
 def poisoned_train_step(bad_steps):
   """make_train_step whose batch mask is NaN (so the loss is) at `bad_steps`."""
-  def make(model, tx, grad_accum=1, label_smoothing=0.0):
-    step_fn = train.make_train_step(model, tx, grad_accum, label_smoothing)
+  def make(model, tx, *args, **kwargs):
+    step_fn = train.make_train_step(model, tx, *args, **kwargs)
 
     def poisoned(state, batch):
       bad = jnp.isin(state.step, jnp.asarray(bad_steps))

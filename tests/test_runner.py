@@ -317,8 +317,8 @@ def _pg19_books(builder, *args, **kwargs):
 
 
 @pytest.mark.parametrize("size", common.SIZES)
-@pytest.mark.parametrize("name", ["granularity", "hourglass", "megabyte", "scaling", "spacebyte",
-                                  "conditioning"])
+@pytest.mark.parametrize("name", ["adversarial", "granularity", "hourglass", "megabyte",
+                                  "scaling", "spacebyte", "conditioning"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
   if (name, size) == ("conditioning", "long"):   # captions are tens of bytes
     with pytest.raises(ConfigError, match="`--experiment`: .* has no long size"):

@@ -106,8 +106,22 @@ def make_dataset(data_cfg, split: str, *, batch_size: int, seed: int, process_in
   order, one pass (or `num_epochs`), last batch may have fewer rows. A paired
   task (`paired.is_paired`) is not packed: one example per row, its batch as in
   `paired.encode_example` (tokens, mask, segment_ids, and source and/or image).
+  A task mixture (data.tasks) mixes its tasks' rows (mgm/data/mixture.py).
   """
+  if data_cfg.get("tasks", None):
+    from mgm.data import mixture   # builds on this module
+    return mixture.make_dataset(data_cfg, split, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count,
+                                num_epochs=num_epochs)
   local_batch = _local_batch_size(batch_size, process_index, process_count)
+  rows = task_rows(data_cfg, split, seed=seed, process_index=process_index,
+                   process_count=process_count, num_epochs=num_epochs)
+  return rows.batch(local_batch, drop_remainder=split == "train")
+
+
+def task_rows(data_cfg, split: str, *, seed: int, process_index: int = 0,
+              process_count: int = 1, num_epochs: int | None = None) -> grain.IterDataset:
+  """This process's rows of `split` of one task, unbatched (make_dataset's rows)."""
   seq_len = _seq_len(data_cfg)
   train = split == "train"
   docs = grain.MapDataset.source(sources.make_source(data_cfg, split))
@@ -123,11 +137,10 @@ def make_dataset(data_cfg, split: str, *, batch_size: int, seed: int, process_in
     encode = functools.partial(paired.encode_example, seq_len=seq_len,
                                source_len=data_cfg.source_len, inputs=paired.inputs(data_cfg),
                                blind=data_cfg.blind_inputs)
-    rows = docs.map(encode).to_iter_dataset(_READ_OPTIONS)
-    return rows.batch(local_batch, drop_remainder=train)
+    return docs.map(encode).to_iter_dataset(_READ_OPTIONS)
   stream = docs.map(_tokenize).to_iter_dataset(_READ_OPTIONS)
   packed = grain.experimental.ConcatThenSplitIterDataset(stream, length_struct={"tokens": seq_len})
-  return _JsonSafeState(packed.map(_finalize).batch(local_batch, drop_remainder=train))
+  return _JsonSafeState(packed.map(_finalize))   # batching passes the state through
 
 
 def _pad_rows(batch: dict, rows: int) -> dict:
@@ -169,6 +182,8 @@ def source_stats(data_cfg) -> dict:
   a model that only learns byte frequencies; for a paired task, of the first
   targets); for synthetic, everything the corpus knows, notably
   `entropy_floor_bpb` (the best achievable loss)."""
+  if data_cfg.get("tasks", None):
+    return {}   # per task: eval_bpb_<task> (mgm/data/mixture.py)
   if paired.is_paired(data_cfg):
     train = sources.make_source(data_cfg, "train")
     targets = [train[i]["target"] for i in range(min(len(train), _STATS_EXAMPLES))]
@@ -193,7 +208,11 @@ def held_out_rows(data_cfg, *, length: int, max_rows: int, limit: int) -> list[n
 
 
 def describe_corpus(data_cfg) -> str:
-  """One line on the data a run reads: source, files, documents and bytes per split."""
+  """One line on the data a run reads: source, files, documents and bytes per split
+  (a task mixture: one line per task)."""
+  if data_cfg.get("tasks", None):
+    from mgm.data import mixture
+    return mixture.describe(data_cfg)
   if paired.is_paired(data_cfg):
     return paired.describe(data_cfg)
   if data_cfg.source == "synthetic":

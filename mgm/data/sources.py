@@ -43,6 +43,9 @@ def default_prompt(data_cfg, max_bytes: int) -> str:
   tfds: the first line of the first held-out document (invalid UTF-8 as U+FFFD);
   paired tasks: '' (the target is generated from the image or source alone)."""
   from mgm.data import paired
+  if data_cfg.get("tasks", None):   # a mixture samples one task (mixture.sampled_task)
+    from mgm.data import mixture
+    data_cfg = mixture.task_data(data_cfg, mixture.sampled_task(data_cfg))
   if paired.is_paired(data_cfg):
     text = ""   # conditioned generation starts from the image or source alone
   elif data_cfg.source == "synthetic":

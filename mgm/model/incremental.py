@@ -182,6 +182,8 @@ def prefill(model: LM, params, tokens, lengths, cond=None, memory=None):
       "doc_start": (at - docs[-1][1][rows, at]).astype(jnp.int32),
       "levels": [],
   }
+  if out["task"] is not None:            # a task mixture's task embedding [B, D]
+    state["task"] = out["task"][:, 0]
   closed = [jnp.sum(bounds & valid, axis=1).astype(jnp.int32) for bounds in seg.bounds]
   for i, level in enumerate(levels[:-1]):
     last_bound = jnp.max(jnp.where(seg.bounds[i] & valid, jnp.arange(s), -1), axis=1)
@@ -297,7 +299,9 @@ def step(model: LM, params, state, token):
   slots, rows = state["tok_unit"].shape[1], jnp.arange(t.shape[0])
   tok_doc, doc_start = state["tok_doc"], state["doc_start"]
   mask, pos = token_keys(model, t, state["tok_unit"], tok_doc, doc_start, slots)
-  h, tok_pre = run_stack(parts.stack("pre", n - 1), parts.embed(token),
+  task = state.get("task")
+  embed = lambda ids: parts.embed(ids) if task is None else parts.embed(ids) + task
+  h, tok_pre = run_stack(parts.stack("pre", n - 1), embed(token),
                          state["tok_pre"], t, mask, pos)
   bounds, lens = seg_lib.step_bounds(levels[:-1], state["prev"], token, t,
                                      [lv["len"] for lv in state["levels"]],
@@ -321,7 +325,7 @@ def step(model: LM, params, state, token):
     tok_unit = tok_unit.at[rows, nxt].set(parent_closed)
   tok_doc = tok_doc.at[rows, nxt].set(doc)
   doc_start = jnp.where(new_doc, nxt, doc_start)
-  x = jnp.where(new_doc[:, None], parts.embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
+  x = jnp.where(new_doc[:, None], embed(jnp.full(token.shape, BOS)).astype(h.dtype), h)
   if parent_ctx is not None:
     x = x + parts.context(n - 1, parent_ctx, lvs[-1]["len"], x, lvs[-1], doc)
   mask, pos = token_keys(model, nxt, tok_unit, tok_doc, doc_start, slots)
@@ -332,4 +336,6 @@ def step(model: LM, params, state, token):
                "tok_cross": state["tok_cross"],
                "tok_unit": tok_unit, "tok_doc": tok_doc, "doc_start": doc_start,
                "levels": lvs}
+  if task is not None:
+    new_state["task"] = task
   return logits, new_state

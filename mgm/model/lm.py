@@ -25,6 +25,15 @@ Conditioning (`spec.encoders`): the encoders read the inputs `cond` names
 memory [B, M, D_m] of theirs, and every level with `cross_attention` reads it
 in each generator block. Without encoders it is the same model with no
 memory.
+
+Task mixtures (`spec.num_tasks` > 0, data.tasks; mgm/data/mixture.py): `cond`
+also holds `task` int32 [B, 1], and a learned task embedding [num_tasks, D] of
+the row's task is added to every token embedding (and to the BOS start), so
+every level of the shared decoder knows the task from the first position on
+(the decoder-side analogue of T5's task prefix, without spending positions).
+`has_image` / `has_source` bool [B, 1] mark the rows whose task has that input;
+the memory of a row with none of its inputs is all masked, and the
+cross-attention then adds nothing to it.
 """
 import dataclasses
 
@@ -44,11 +53,12 @@ from mgm.nn.transformer import ACTIVATION, Stack
 
 
 CONDITIONING = ("image", "source")   # batch keys the encoders read (mgm/data/paired.py)
+TASK_KEYS = ("task", "has_image", "has_source")   # a task mixture's (mgm/data/mixture.py)
 
 
 def conditioning(batch: dict) -> dict | None:
   """The conditioning inputs of a batch ({'image': ..., 'source': ...}), None if none."""
-  cond = {k: batch[k] for k in CONDITIONING if k in batch}
+  cond = {k: batch[k] for k in CONDITIONING + TASK_KEYS if k in batch}
   return cond or None
 
 
@@ -61,6 +71,9 @@ def example_cond(spec: ModelSpec, batch: int) -> dict | None:
       cond["image"] = jnp.zeros((batch, e.image_size, e.image_size, e.channels), jnp.uint8)
     else:
       cond["source"] = jnp.full((batch, e.max_len), PAD, jnp.int32)
+  if spec.num_tasks:
+    cond["task"] = jnp.zeros((batch, 1), jnp.int32)
+    cond.update({f"has_{name}": jnp.ones((batch, 1), bool) for name in spec.inputs})
   return cond or None
 
 
@@ -112,6 +125,10 @@ class LM(nn.Module):
     stack = lambda i, depth, name: Stack(spec, levels[i], depth, self._span(i),
                                          self._unit_window(i), name=name)
     self.embed = Embed(spec.vocab_size, levels[-1].width, dtype, name="embed")
+    if spec.num_tasks:
+      self.task_embed = self.param("task_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0), (None, "embed")), (spec.num_tasks, levels[-1].width),
+                                   jnp.float32)
     self.generators = [stack(i, l.depth, f"level_{i}") for i, l in enumerate(levels)]
     self.pre_layers = [stack(i, l.pre_layers, f"pre_{i}") if l.pre_layers else None
                        for i, l in enumerate(levels)]
@@ -232,8 +249,13 @@ class LM(nn.Module):
       if name not in cond:
         raise ValueError(f"the model's {spec.kind} encoder reads {name!r}; the batch has "
                          f"{sorted(cond)}")
-      memories.append(encoder(cond[name]))                   # ([B, M_k, W_k], [B, M_k])
+      x, mask = encoder(cond[name])                          # [B, M_k, W_k], [B, M_k]
+      has = cond.get(f"has_{name}")                          # [B, 1]: mixtures (module doc)
+      memories.append((x, mask if has is None else mask & has))
     x, mask = self.fusion(memories) if self.fusion is not None else memories[0]
+    present = [cond[f"has_{n}"] for n in self.spec.inputs if f"has_{n}" in cond]
+    if present:        # a fusion's own slots (attention:K) are real only with an input
+      mask = mask & jnp.any(jnp.stack(present), axis=0)
     x = nn.with_logical_constraint(x, ACTIVATION)
     return {"x": x, "mask": mask}
 
@@ -261,10 +283,12 @@ class LM(nn.Module):
     seg = seg_lib.segment(tokens, levels[:-1], t, documents=self.document_mask)
     sizes = list(seg.max_units) + [t]
     docs = self._doc_layouts(tokens, seg)
+    task = self.task_vector(cond)                               # [B, 1, D] or None
+    embed = lambda ids: self.embed(ids) if task is None else self.embed(ids) + task
 
     down = [None] * n                                           # [B, N_i, D_i]
     down[-1] = self._run(self.pre_layers[-1], n - 1,
-                         nn.with_logical_constraint(self.embed(tokens), ACTIVATION), seg,
+                         nn.with_logical_constraint(embed(tokens), ACTIVATION), seg,
                          docs[-1])
     for i in reversed(range(n - 1)):
       p = self._patch(i)
@@ -275,10 +299,11 @@ class LM(nn.Module):
     ctx = None
     contexts = []
     for i in range(n):
-      first = self.embed(jnp.full((1, 1), BOS)) if i == n - 1 else self.starts[i]
+      first = embed(jnp.full((1, 1), BOS)) if i == n - 1 else self.starts[i]
       x = shift_right(down[i], first)                          # the one-unit shift
       if docs[i] is not None:                                  # documents start afresh
-        x = jnp.where(docs[i].first[..., None], first.reshape(-1).astype(x.dtype), x)
+        x = jnp.where(docs[i].first[..., None],
+                      jnp.broadcast_to(first, x[:, :1].shape).astype(x.dtype), x)
       if ctx is not None:
         x = x + self._upsample(ctx, i, seg, x, docs)
       ctx = self._run(self.generators[i], i, nn.with_logical_constraint(x, ACTIVATION), seg,
@@ -287,7 +312,19 @@ class LM(nn.Module):
 
     logits = self.logits(ctx)
     return {"logits": logits, "down": down, "contexts": contexts, "seg": seg, "docs": docs,
-            "memory": memory}
+            "memory": memory, "task": task}
+
+  def task_vector(self, cond):
+    """The task embedding of each row [B, 1, D] (cond['task'] int32 [B]); None
+    for a model without tasks (cond['task'] int32 [B, 1]). ValueError when a model
+    with tasks gets none."""
+    if not self.spec.num_tasks:
+      return None
+    if not cond or "task" not in cond:
+      raise ValueError(f"a model with model.num_tasks={self.spec.num_tasks} needs each row's "
+                       "task index, cond['task'] int32 [B, 1] (mgm/data/mixture.py)")
+    table = jnp.asarray(self.task_embed, self.spec.compute_dtype)
+    return jnp.take(table, cond["task"][:, 0], axis=0)[:, None]
 
   def logits(self, x):
     """Token-level outputs [B, T, D] -> logits [B, T, V] float32."""

@@ -102,6 +102,8 @@ class ModelSpec:
   fusion: str = ""                # '' (one encoder, its memory as is) | concat | gated
                                   # | attention:K (mgm/nn/fusion.py)
   memory_width: int = 0           # the fused memory's width (0: the widest encoder's)
+  num_tasks: int = 0              # task mixtures (data.tasks): a learned task embedding
+                                  # per task; 0 = none (mgm/model/lm.py)
 
   @property
   def fusion_kind(self):
@@ -259,11 +261,17 @@ def from_config(model_cfg) -> ModelSpec:
       vocab_size=model_cfg.vocab_size, levels=levels, encoders=encoders,
       fusion=model_cfg.get("fusion", ""),
       memory_width=model_cfg.get("memory_width", 0),
+      num_tasks=_num_tasks(model_cfg.get("num_tasks", 0)),
       mlp_ratio=model_cfg.mlp_ratio, rope_base=float(model_cfg.rope_base),
       qk_norm=bool(model_cfg.qk_norm), remat=bool(model_cfg.remat),
       remat_policy=model_cfg.remat_policy, dtype=model_cfg.dtype,
       scan_layers=bool(model_cfg.get("scan_layers", False)),
       attention_impl=model_cfg.attention_impl)
+
+
+def _num_tasks(value) -> int:
+  _non_negative(value, "model.num_tasks")
+  return value
 
 
 def encoders_from_config(model_cfg, levels) -> tuple:

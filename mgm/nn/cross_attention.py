@@ -3,7 +3,8 @@
 The encoder-decoder attention of Vaswani et al. 2017 (§3.2.3): queries from
 the level's positions, keys and values from the memory [B, M, D_m] that the
 encoders and the fusion made (mgm/nn/encoders.py, mgm/nn/fusion.py); a key
-padding mask [B, M] hides padded memory slots. There is no causal mask and no
+padding mask [B, M] hides padded memory slots; a row with no real slot gets
+a zero output (no memory, no contribution). There is no causal mask and no
 rotary position: the memory carries its own positions, and every position of
 the level may read all of it (it is the condition, not the future).
 
@@ -52,6 +53,9 @@ class CrossAttention(nn.Module):
     q = q.reshape(rows, groups * x.shape[1], self.heads, head_dim)  # [B, G*T, N, H]
     mask = memory["mask"][:, None, None, :]                          # [B, 1, 1, M]
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    # A row whose memory is all masked (a mixture row whose task has no input) reads
+    # nothing: softmax over no key would average the values; its contribution is 0.
+    out = jnp.where(jnp.any(mask, -1, keepdims=True), out, 0).astype(out.dtype)
     out = out.reshape(x.shape[0], x.shape[1], self.heads, head_dim)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return Linear((self.heads, head_dim, self.width), ("heads", "kv", "embed"),
