@@ -14,6 +14,9 @@ Presets, after the colon: a size, or `key=value,...` with
   size   tiny | demo | small | base (the decoder's shape, as configs/lm.py)
   model  the decoder, one of configs/lm.py MODELS (default flat); its coarsest
          level cross-attends
+  task   all (default: the mixture) or one task's name: that task alone, with
+         only the encoder it reads (none for lm), as a one-task mixture, so its
+         metrics carry the same names (experiments/multitask.py compares them)
 
   python launch.py --config=configs/multitask.py:tiny --workdir=runs/multitask_tiny
   python launch.py --config=configs/multitask.py:demo --workdir=runs/multitask
@@ -27,34 +30,40 @@ import ml_collections as mlc
 
 from configs import caption, lm, seq2seq
 
-HELP = (f"presets are a size ({', '.join(lm.SIZES)}) or size=SIZE,model=NAME with NAME "
-        f"one of {', '.join(lm.MODELS)}")
+HELP = (f"presets are a size ({', '.join(lm.SIZES)}) or size=SIZE,model=NAME,task=TASK with "
+        f"NAME one of {', '.join(lm.MODELS)} and TASK all or one of lm, caption, translate, copy")
 
 # size -> (target bytes, source bytes)
 LENGTHS = {"tiny": (64, 64), "demo": (128, 128), "small": (256, 512), "base": (256, 512)}
 # name, source, rate, weight
 TASKS = (("lm", "synthetic", 1.0, 1.0), ("caption", "shapes", 1.0, 1.0),
          ("translate", "translate", 1.0, 1.0), ("copy", "copy", 0.5, 1.0))
+INPUT = {"lm": None, "caption": "image", "translate": "source", "copy": "source"}
 
 
-def tasks() -> list:
+def tasks(names) -> list:
   return [mlc.ConfigDict(dict(name=name, source=source, rate=rate, weight=weight))
-          for name, source, rate, weight in TASKS]
+          for name, source, rate, weight in TASKS if name in names]
 
 
 def get_config(arg=None):
-  fields = lm.parse_preset(arg, {"size": ("demo", lm.SIZES), "model": ("flat", lm.MODELS)},
+  fields = lm.parse_preset(arg, {"size": ("demo", lm.SIZES), "model": ("flat", lm.MODELS),
+                                 "task": ("all", ("all", *INPUT))},
                            "configs/multitask.py", HELP)
   size = fields["size"]
+  names = tuple(INPUT) if fields["task"] == "all" else (fields["task"],)
+  inputs = {INPUT[name] for name in names} - {None}
   target_len, source_len = LENGTHS[size]
   width, depth, heads, patch, _, _ = seq2seq.SHAPES[size]
   side, *_, steps, batch = caption.SHAPES[size]
   c = lm.apply_size(lm.base_config(), fields["model"], size)
-  c.model.encoders = [
-      mlc.ConfigDict(dict(kind="text", width=width, depth=depth, heads=heads, patch=patch,
-                          max_len=source_len, image_size=0, channels=3, mlp_ratio=4)),
-      caption.encoder("image_vit", size)]
-  c.model.fusion = "concat"
-  c.model.num_tasks = len(TASKS)
-  c.data.update(source_len=source_len, image_size=side, image_channels=3, tasks=tasks())
-  return lm.conditioned_run(c, target_len, steps, batch, 4 if size == "tiny" else 64)
+  text = mlc.ConfigDict(dict(kind="text", width=width, depth=depth, heads=heads, patch=patch,
+                             max_len=source_len, image_size=0, channels=3, mlp_ratio=4))
+  c.model.encoders = ([text] if "source" in inputs else []) + (
+      [caption.encoder("image_vit", size)] if "image" in inputs else [])
+  c.model.fusion = "concat" if len(c.model.encoders) > 1 else ""
+  c.model.num_tasks = len(names)
+  c.data.update(source_len=source_len, image_size=side, image_channels=3, tasks=tasks(names))
+  c = lm.conditioned_run(c, target_len, steps, batch, 4 if size == "tiny" else 64)
+  c.model.levels[0].cross_attention = bool(inputs)
+  return c

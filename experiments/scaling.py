@@ -63,7 +63,8 @@ def arms(size: str) -> list[Arm]:
     for model in MODELS:
       for scale in scales:
         out.append(Arm(f"{corpus}: {model} x{scale}", common.preset(model, size),
-                       {**base, **data, "train.warmup_steps": max(1, round(warmup * scale))},
+                       {**base, **common.levels(model, size), **data,
+                        "train.warmup_steps": max(1, round(warmup * scale))},
                        budget_scale=float(scale), series=(corpus, model)))
   return out
 

@@ -318,10 +318,11 @@ def _pg19_books(builder, *args, **kwargs):
 
 @pytest.mark.parametrize("size", common.SIZES)
 @pytest.mark.parametrize("name", ["adversarial", "granularity", "hourglass", "megabyte",
-                                  "scaling", "spacebyte", "conditioning"])
+                                  "scaling", "spacebyte", "conditioning", "multitask"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
-  if (name, size) == ("conditioning", "long"):   # captions are tens of bytes
-    with pytest.raises(ConfigError, match="`--experiment`: .* has no long size"):
+  paired = name in ("conditioning", "multitask")   # targets of tens of bytes
+  if paired and size == "long":
+    with pytest.raises(ConfigError, match="`--experiment`: .* has no .?long.? size"):
       runner.load(f"experiments/{name}.py:{size}")
     return
   experiment = runner.load(f"experiments/{name}.py:{size}")
@@ -336,7 +337,7 @@ def test_shipped_experiments_load_and_make_valid_configs(name, size):
     # a checkpoint at least every CHECKPOINT_STEPS steps; paper-size arms also by the clock
     assert config.checkpoint.every_steps <= min(config.train.steps, runner.CHECKPOINT_STEPS)
     assert (config.checkpoint.every_minutes > 0) == (size == "paper")
-    if size in ("long", "gpu") and name != "conditioning":   # captions keep their length
+    if size in ("long", "gpu") and not paired:   # captions keep their length
       assert config.data.seq_len >= 2048
   # scaling: one seed per (model, budget) point, its curve's budgets replicating it
   assert experiment.seeds >= (1 if size == "paper" or name == "scaling" else
