@@ -249,9 +249,9 @@ def read_only_manager(directory: str, partial: bool = False) -> ocp.CheckpointMa
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def _locate(path: str):
+def _locate(path: str, field: str = "checkpoint.init_from"):
   """(checkpoints directory, steps or None) for a workdir, its checkpoints/
-  directory, or one step directory in it."""
+  directory, or one step directory in it; ConfigError naming `field` else."""
   path = os.path.abspath(os.path.expanduser(path)).rstrip("/")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
@@ -259,11 +259,11 @@ def _locate(path: str):
     return os.path.dirname(path), [int(os.path.basename(path))]
   if os.path.isdir(path):
     return path, None
-  raise ConfigError("checkpoint.init_from", f"{path!r} is not a directory; give a workdir, "
+  raise ConfigError(field, f"{path!r} is not a directory; give a workdir, "
                     "its checkpoints/ directory or one step directory in it")
 
 
-def _check_shapes(saved_tree, abstract_params, source: str):
+def _check_shapes(saved_tree, abstract_params, source: str, field: str = "checkpoint.init_from"):
   """ConfigError listing every parameter whose shape differs, or that only one side has."""
   saved = {_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   want = {_name(p): tuple(a.shape)
@@ -275,19 +275,21 @@ def _check_shapes(saved_tree, abstract_params, source: str):
   if saved.keys() - want.keys():
     parts.append(f"only there: {', '.join(sorted(saved.keys() - want.keys()))}")
   if parts:
-    raise ConfigError("checkpoint.init_from", f"the parameters in {source} do not fit this "
+    raise ConfigError(field, f"the parameters in {source} do not fit this "
                       f"model: {'; '.join(parts)}. Use the model config of the run that "
                       "wrote them (its config.json), or another checkpoint.")
 
 
-def restore_params(path: str, abstract_params):
-  """(params, 'directory/step') from the newest usable step under `path`."""
-  directory, steps = _locate(path)
+def restore_params(path: str, abstract_params, field: str = "checkpoint.init_from"):
+  """(params, 'directory/step') from the newest usable step under `path`, placed
+  as `abstract_params`' shardings say; ConfigError naming `field` (the config
+  field that gave `path`) when it holds none or they do not fit."""
+  directory, steps = _locate(path, field)
   mngr = read_only_manager(directory, partial=True)
 
   def load(step):
     _check_shapes(mngr.item_metadata(step).state.tree["params"], abstract_params,
-                  f"{directory}/{step}")
+                  f"{directory}/{step}", field)
     target = {"params": abstract_params}
     state = ocp.args.PyTreeRestore(target, partial_restore=True,
                                    restore_args=ocp.checkpoint_utils.construct_restore_args(target))
@@ -299,5 +301,5 @@ def restore_params(path: str, abstract_params):
 
   params, step = newest_usable(mngr, load, steps)
   if step is None:
-    raise ConfigError("checkpoint.init_from", f"no checkpoint in {directory}")
+    raise ConfigError(field, f"no checkpoint in {directory}")
   return params, f"{directory}/{step}"

@@ -169,7 +169,7 @@ class Trainer:
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
-           **{k: float(v) for k, v in metrics.items() if k.startswith("aux_")}}
+           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "distill_"))}}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
       evaluated = evaluation.held_out_loss(self.setup, state.params, self.eval_set)
@@ -205,7 +205,8 @@ class Trainer:
                "invocation_wall_s": time.time() - self.t0,
                "tokens_per_sec": self.meter.average(), "params": param_count(state.params),
                "flops_per_token": setup.flops_per_token,
-               **setup.speed(self.meter.average(), step)}
+               **setup.speed(self.meter.average(), step),
+               **({"distill_teachers": setup.teachers.records} if setup.teachers else {})}
     if is_main():
       samples.write(self.workdir, f"step_{step}.txt", texts, config, step)
       path = os.path.join(self.workdir, "summary.json")
@@ -291,7 +292,7 @@ def train(config, workdir) -> dict:
   SIGINT: save the step reached and return {'stopped_by', 'step', 'exit_s'}."""
   t0 = time.time()
   with Preemption() as preempt:   # a signal during start-up stops after the first step
-    setup = Setup.create(config)
+    setup = Setup.create(config, teachers=True)   # before anything is written
     flops.probe_peak()   # at start-up; again at each evaluation and at the end
     data_iter = iter(batches.train_stream(config, setup.placement, seed=config.seed))
     mngr = checkpoint.manager(workdir, config.checkpoint)

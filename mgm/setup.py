@@ -5,7 +5,7 @@ import dataclasses
 
 import jax
 
-from mgm import flops, sharding
+from mgm import distill, flops, sharding
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.train import init_state, make_eval_step, make_optimizer, make_train_step
@@ -24,10 +24,13 @@ class Setup:
   train_step: object   # (state, global batch) -> (state, metrics); donates state
   eval_step: object    # (params, global batch) -> (sum of nats, token count)
   flops_per_token: float   # analytic training FLOPs per token (mgm/flops.py)
+  teachers: distill.Teachers | None = None   # frozen distillation teachers (train only)
 
   @classmethod
-  def create(cls, config, mesh=None):
-    """`mesh` defaults to the one `config.mesh` makes of all devices."""
+  def create(cls, config, mesh=None, teachers: bool = False):
+    """`mesh` defaults to the one `config.mesh` makes of all devices. With
+    `teachers`, distill.teachers are restored onto the mesh and the train step
+    distils from them (ConfigError naming that field if one cannot be used)."""
     model = LM(spec_lib.from_config(config.model), config.data.packing)
     tx, schedule = make_optimizer(config.train)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
@@ -35,11 +38,14 @@ class Setup:
     shape = (config.train.batch_size, config.data.seq_len)
     init = placement.jit(lambda rng: init_state(model, tx, rng, shape),
                          out_shardings=placement.state)
+    loaded = distill.load(config, placement) if teachers else None
+    step = placement.train_step(
+        make_train_step(model, tx, config.train.grad_accum, config.train.label_smoothing,
+                        loaded and loaded.distill), loaded and loaded.shardings)
     return cls(config, model, tx, schedule, init(jax.random.key(config.seed)), placement,
-               placement.train_step(make_train_step(model, tx, config.train.grad_accum,
-                                                    config.train.label_smoothing)),
+               loaded.bind_step(step) if loaded else step,
                placement.eval_step(make_eval_step(model)),
-               flops.train_flops_per_token(model.spec, config.data.seq_len))
+               flops.train_flops_per_token(model.spec, config.data.seq_len), loaded)
 
   @property
   def tokens_per_step(self) -> int:

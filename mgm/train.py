@@ -58,17 +58,22 @@ def init_state(model: LM, tx, rng, batch_shape) -> TrainState:
                     nonfinite_in_a_row=zero)
 
 
-def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0):
+def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, distill=None):
   """L = token cross-entropy (with `label_smoothing`, Szegedy et al. 2016 §7, if
   > 0) + sum_i lambda_i L_i (per-level auxiliary losses). The token loss is over
   the batch's mask: a paired batch's target tokens only. metrics['loss'] is the
-  plain cross-entropy whatever the smoothing."""
+  plain cross-entropy whatever the smoothing. `distill` (mgm/distill.py,
+  Distill.bind): (token loss, logits, batch, unit overflow) -> (token loss
+  blended with the teachers' KL term, metrics)."""
   logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
                             return_aux=True, cond=conditioning(batch))
   token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
   total = token_ce
   if label_smoothing:
     total = smoothed_token_loss(logits, batch["tokens"], batch["mask"], label_smoothing)
+  if distill is not None:
+    total, taught = distill(total, logits, batch, aux["unit_overflow"])
+    aux = {**aux, **taught}
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
       total = total + level.aux_weight * aux[f"aux_{i}"]
@@ -97,12 +102,13 @@ def smoothed_token_loss(logits, tokens, mask, smoothing: float):
   return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0):
+def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0,
+                      distill=None):
   """Loss, metrics and gradients of the global batch, computed `accum` micro-batches
   at a time (activation memory / accum). Each micro-batch is weighted by its share
   of the batch's tokens, so the token loss and its gradient equal one pass's."""
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing),
-                               has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing,
+                                                 distill=distill), has_aux=True)
   if accum == 1:
     (total, metrics), grads = grad_fn(params, model, batch)
     return total, metrics, grads
@@ -122,13 +128,17 @@ def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: flo
   return total, metrics, grads
 
 
-def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0):
+def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0,
+                    distill=None):
   """(state, batch) -> (state, metrics); pure, for jax.jit. `grad_accum` > 1 runs
-  the batch as that many micro-batches and applies one update."""
+  the batch as that many micro-batches and applies one update. With `distill`
+  (mgm/distill.py Distill) the step is (state, batch, teacher params): frozen,
+  an argument rather than constants of the program."""
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, teacher_params=None):
+    term = distill.bind(teacher_params) if distill is not None else None
     total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum,
-                                              label_smoothing)
+                                              label_smoothing, term)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     # Refuse the update (keep params and optimizer state) when units overflow

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from mgm import conditioned, decode, profiling, prompts, sharding
+from mgm import conditioned, decode, distill, profiling, prompts, sharding
 from mgm.data import paired, pipeline, sources
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
@@ -33,8 +33,9 @@ INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
                         "checkpoint.every_minutes", "sample.temperature")
-POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base")
-NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
+POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base", "distill.temperature")
+NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction",
+           "distill.alpha")
 BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm",
          "model.remat")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
@@ -42,7 +43,7 @@ STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field"
            "data.tfds_source_field", "data.tfds_target_field", "data.tfds_image_field",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
            "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
-           "sample.source_file")
+           "sample.source_file", "distill.teachers")
 # Fields that only mean something for one data source: set with another, refused.
 SOURCE_ONLY = {"data.files": ("text", "pairs"), "data.tfds_name": ("tfds",),
                "data.tfds_data_dir": ("tfds",), "data.tfds_source_field": ("tfds",),
@@ -153,6 +154,27 @@ def validate(config):
   _validate_prompts(config, spec, settings)
   _validate_continuations(config)
   _validate_conditioning(config)
+  _validate_distill(config)
+
+
+def _validate_distill(config):
+  """distill.*: the teachers' configs and checkpoints are there and fit the
+  student (mgm/distill.py check_config), and the first training batch fits
+  each teacher's unit bounds (else its updates would all be refused)."""
+  teachers = distill.check_config(config)
+  if not teachers:
+    return
+  batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
+                                          batch_size=config.train.batch_size)))
+  for path, cfg, spec in teachers:
+    excess = unit_excess(spec, batch["tokens"], config.data.seq_len,
+                         cfg.data.get("packing", "none"))
+    if excess:
+      level, count, bound = excess
+      raise ConfigError("distill.teachers", f"teacher {path!r}: the batch before step 1 has "
+                        f"a sequence of {count} {spec.levels[level].units!r} units, more than "
+                        f"its model.levels[{level}].max_units={bound}; lower data.seq_len or "
+                        "use a teacher trained on sequences this long")
 
 
 def _validate_conditioning(config):
