@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs.lm import get_config
-from mgm import checkpoint, distill, loop, sharding
+from mgm import checkpoint, loop, sharding
 from mgm.data import pipeline
 from mgm.errors import ConfigError
 from mgm.setup import Setup
@@ -107,8 +107,10 @@ def test_a_student_that_is_its_teacher_has_zero_kl_and_gradient(teachers, batche
   # a fresh student: the KL term and its gradient are far from zero
   _, fresh, fresh_grads = _grads(setup, setup.state.params, batches[0])
   assert float(fresh["distill_kl"]) > 0.01 and norm(fresh_grads) > 1e-2
-  # the student initialised as the teacher: both vanish (up to rounding)
-  total, same, grads = _grads(setup, setup.teachers.params[0], batches[0])
+  # the student initialised as the teacher (as checkpoint.init_from does): both
+  # vanish, up to rounding
+  student, _ = checkpoint.restore_params(teachers["flat"], checkpoint.abstract(setup.state.params))
+  total, same, grads = _grads(setup, student, batches[0])
   assert abs(float(same["distill_kl"])) < 1e-6 and abs(float(total)) < 1e-6
   assert norm(grads) < 1e-4 * norm(fresh_grads)
 
@@ -126,11 +128,11 @@ def test_the_ensemble_averages_the_teachers_probabilities(teachers, batches):
   batch = batches[1]
   total, metrics, _ = _grads(setup, setup.state.params, batch)
   # by hand: each teacher's softmax(z / tau), averaged; KL over the mask's tokens
-  probs = np.mean([_softmax(np.asarray(m.apply({"params": p}, batch["tokens"]), np.float64)
-                            / tau) for m, p in zip(setup.teachers.distill.models,
-                                                   setup.teachers.params)], axis=0)
-  student = np.asarray(setup.model.apply({"params": setup.state.params}, batch["tokens"]),
-                       np.float64)
+  logits = lambda model, params: np.asarray(jax.jit(
+      lambda p, t: model.apply({"params": p}, t))(params, batch["tokens"]), np.float64)
+  probs = np.mean([_softmax(logits(m, p) / tau) for m, p in zip(
+      setup.teachers.distill.models, setup.teachers.params)], axis=0)
+  student = logits(setup.model, setup.state.params)
   log_q = np.log(_softmax(student / tau))
   per_token = np.sum(probs * (np.log(probs) - log_q), -1)
   kl = np.sum(per_token * batch["mask"]) / np.sum(batch["mask"])
