@@ -93,17 +93,18 @@ def _has_step(path: str) -> bool:
       name.isdigit() for d in dirs if os.path.isdir(d) for name in os.listdir(d))
 
 
-def check_config(config) -> list:
-  """What can be checked without restoring: distill.alpha in [0, 1]; each
-  teacher a run with a config.json and a checkpoint step, of the student's
-  vocab_size, whose conditioning inputs (if any) the student's data feeds.
-  Returns [(path, teacher config, teacher ModelSpec)]; ConfigError otherwise."""
+def check_config(config, teachers: bool = True) -> list:
+  """What can be checked without restoring: distill.alpha in [0, 1]; with
+  `teachers` (a run that trains), each teacher a run with a config.json and a
+  checkpoint step, of the student's vocab_size, whose conditioning inputs (if
+  any) the student's data feeds. Returns [(path, teacher config, teacher
+  ModelSpec)]; ConfigError otherwise."""
   alpha = config.distill.alpha
   if not 0.0 <= alpha <= 1.0:
     raise ConfigError("distill.alpha", f"must lie in [0, 1] (the KL term's weight), got "
                       f"{alpha!r}")
-  teachers = []
-  for path in teacher_paths(config):
+  found = []
+  for path in teacher_paths(config) if teachers else ():
     cfg = teacher_config(path)
     try:
       spec = spec_lib.from_config(cfg.model)
@@ -116,8 +117,8 @@ def check_config(config) -> list:
       _refuse(path, "holds no checkpoint step (a directory N/ in its checkpoints/); "
               "train it first, or name another run")
     _check_inputs(path, spec, config.data)
-    teachers.append((path, cfg, spec))
-  return teachers
+    found.append((path, cfg, spec))
+  return found
 
 
 def _check_inputs(path, spec, data):

@@ -238,7 +238,7 @@ def run_mode(config, workdir: str, mode: str):
   """Validate, check the workdir against the config, then train, eval or sample:
   what launch.py and the experiment runner call. Nothing is written before
   validation passes; training saves config.json once its first step has run."""
-  validate(config)
+  validate(config, mode)
   check_and_save_config(workdir, config, write=False)
   logging.info("mode=%s workdir=%s; config (in full: config.json there):\n%s", mode, workdir,
                config_text(config))

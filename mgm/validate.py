@@ -124,9 +124,10 @@ def _check_types_and_ranges(config):
                         f"got {weight!r}")
 
 
-def validate(config):
+def validate(config, mode: str = "train"):
   """Raise ConfigError for the first value that cannot work; reads the data source,
-  the prompt file and the first held-out rows, writes nothing."""
+  the prompt file and the first held-out rows, writes nothing. Distillation
+  teachers are read only by `mode` train (eval and sample never need them)."""
   _check_finite(config)
   _check_types_and_ranges(config)
   _validate_data(config.data)
@@ -154,14 +155,14 @@ def validate(config):
   _validate_prompts(config, spec, settings)
   _validate_continuations(config)
   _validate_conditioning(config)
-  _validate_distill(config)
+  _validate_distill(config, teachers=mode == "train")
 
 
-def _validate_distill(config):
+def _validate_distill(config, teachers: bool):
   """distill.*: the teachers' configs and checkpoints are there and fit the
   student (mgm/distill.py check_config), and the first training batch fits
   each teacher's unit bounds (else its updates would all be refused)."""
-  teachers = distill.check_config(config)
+  teachers = distill.check_config(config, teachers)
   if not teachers:
     return
   batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
