@@ -78,12 +78,12 @@ def teacher_config(path: str) -> mlc.ConfigDict:
   try:
     with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
       saved = with_model_defaults(json.load(f))
-  except (OSError, ValueError) as e:
-    _refuse(path, f"its config.json cannot be read ({e})")
-  model = dict(saved["model"])
-  model["levels"] = [mlc.ConfigDict(l) for l in model.get("levels", [])]
-  model["encoders"] = [mlc.ConfigDict(e) for e in model.get("encoders", []) or []]
-  return mlc.ConfigDict({"model": model, "data": saved["data"]})
+    model = dict(saved["model"])
+    model["levels"] = [mlc.ConfigDict(l) for l in model.get("levels", [])]
+    model["encoders"] = [mlc.ConfigDict(e) for e in model.get("encoders", []) or []]
+    return mlc.ConfigDict({"model": model, "data": saved["data"]})
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    _refuse(path, f"its config.json cannot be read as an mgm run's ({type(e).__name__}: {e})")
 
 
 def _has_step(path: str) -> bool:
