@@ -193,6 +193,12 @@ def base_config():
   c.checkpoint.keep_best = False        # and the one of lowest eval_bpb
   c.checkpoint.init_from = ""           # a workdir/checkpoint: its parameters, fresh optimizer
 
+  c.distill = mlc.ConfigDict()          # distillation from a teacher ensemble (mgm/distill.py)
+  c.distill.teachers = ""               # trained runs' workdirs (or checkpoint dirs), comma-
+                                        # separated; '' = off. Any preset, the same vocab_size
+  c.distill.alpha = 0.5                 # loss (1-alpha) CE + alpha tau^2 KL(teachers || student)
+  c.distill.temperature = 2.0           # tau: both distributions are softmax(logits / tau)
+
   c.sample = mlc.ConfigDict()           # --mode=sample, and samples after training
   c.sample.strategy = "sample"          # greedy | sample | beam
   c.sample.prompt = ""                  # "": the data source's ("= ", or a held-out line)

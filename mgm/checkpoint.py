@@ -193,9 +193,9 @@ def read_only_manager(directory: str, partial: bool = False) -> ocp.CheckpointMa
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def _locate(path):
+def _locate(path, field: str = "checkpoint.init_from"):
   """(checkpoints directory, steps or None) for a workdir, its checkpoints/
-  directory, or one step directory in it."""
+  directory, or one step directory in it; ConfigError naming `field` else."""
   path = files.path(os.fspath(path).rstrip("/"))
   if (path / "checkpoints").is_dir():
     return path / "checkpoints", None
@@ -203,11 +203,11 @@ def _locate(path):
     return path.parent, [int(path.name)]
   if path.is_dir():
     return path, None
-  raise ConfigError("checkpoint.init_from", f"{os.fspath(path)!r} is not a directory; give a "
-                    "workdir, its checkpoints/ directory or one step directory in it")
+  raise ConfigError(field, f"{os.fspath(path)!r} is not a directory; give a workdir, its "
+                    "checkpoints/ directory or one step directory in it")
 
 
-def _check_shapes(saved_tree, abstract_params, source: str):
+def _check_shapes(saved_tree, abstract_params, source: str, field: str = "checkpoint.init_from"):
   """ConfigError listing every parameter whose shape differs, or that only one side has."""
   saved = {checksums.name(p): tuple(m.shape)
            for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
@@ -220,14 +220,16 @@ def _check_shapes(saved_tree, abstract_params, source: str):
   if saved.keys() - want.keys():
     parts.append(f"only there: {', '.join(sorted(saved.keys() - want.keys()))}")
   if parts:
-    raise ConfigError("checkpoint.init_from", f"the parameters in {source} do not fit this "
+    raise ConfigError(field, f"the parameters in {source} do not fit this "
                       f"model: {'; '.join(parts)}. Use the model config of the run that "
                       "wrote them (its config.json), or another checkpoint.")
 
 
-def restore_params(path: str, abstract_params):
-  """(params, 'directory/step') from the newest usable step under `path`."""
-  directory, steps = _locate(path)
+def restore_params(path: str, abstract_params, field: str = "checkpoint.init_from"):
+  """(params, 'directory/step') from the newest usable step under `path`, placed
+  as `abstract_params`' shardings say; ConfigError naming `field` (the config
+  field that gave `path`) when it holds none or they do not fit."""
+  directory, steps = _locate(path, field)
   mngr = read_only_manager(directory, partial=True)
 
   def load(step):
@@ -236,7 +238,7 @@ def restore_params(path: str, abstract_params):
     same = saved_layout == want
     abstract = abstract_params if same else scan_layout.abstract_like(abstract_params,
                                                                       saved_layout)
-    _check_shapes(saved_tree, abstract, f"{directory}/{step}")
+    _check_shapes(saved_tree, abstract, f"{directory}/{step}", field)
     target = {"params": abstract}
     restore_args = (ocp.checkpoint_utils.construct_restore_args(target) if same else
                     jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))
@@ -253,5 +255,5 @@ def restore_params(path: str, abstract_params):
 
   params, step = newest_usable(mngr, load, steps)
   if step is None:
-    raise ConfigError("checkpoint.init_from", f"no checkpoint in {directory}")
+    raise ConfigError(field, f"no checkpoint in {directory}")
   return params, f"{directory}/{step}"

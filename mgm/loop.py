@@ -182,7 +182,8 @@ class Trainer:
            "grad_norm": float(metrics["grad_norm"]), "lr": float(self.setup.schedule(step - 1)),
            "tokens_per_sec": tokens_per_sec,
            "skipped_steps": int(metrics["skipped_steps"]), "wall_s": self.wall_s(),
-           **{k: float(v) for k, v in metrics.items() if k.startswith(("aux_", "adv_"))},
+           **{k: float(v) for k, v in metrics.items()
+              if k.startswith(("aux_", "adv_", "distill_"))},
            **task_metrics(metrics, self.task_names)}
     evaluated = {}
     if evaluate:   # not training time: the meter is paused until the next step
@@ -219,7 +220,8 @@ class Trainer:
                "invocation_wall_s": time.time() - self.t0,
                "tokens_per_sec": self.meter.average(), "params": param_count(state.params),
                "flops_per_token": setup.flops_per_token,
-               **setup.speed(self.meter.average(), step)}
+               **setup.speed(self.meter.average(), step),
+               **({"distill_teachers": setup.teachers.records} if setup.teachers else {})}
     if is_main():
       samples.write(self.workdir, f"step_{step}.txt", texts, config, step)
       path = os.path.join(self.workdir, "summary.json")
@@ -251,7 +253,7 @@ def run_mode(config, workdir: str, mode: str):
   """Validate, check the workdir against the config, then train, eval or sample:
   what launch.py and the experiment runner call. Nothing is written before
   validation passes; training saves config.json once its first step has run."""
-  validate(config)
+  validate(config, mode)
   check_and_save_config(workdir, config, write=False)
   logging.info("mode=%s workdir=%s; config (in full: config.json there):\n%s", mode, workdir,
                config_text(config))
@@ -305,7 +307,7 @@ def train(config, workdir) -> dict:
   SIGINT: save the step reached and return {'stopped_by', 'step', 'exit_s'}."""
   t0 = time.time()
   with Preemption() as preempt:   # a signal during start-up stops after the first step
-    setup = Setup.create(config)
+    setup = Setup.create(config, teachers=True)   # before anything is written
     flops.probe_peak()   # at start-up; again at each evaluation and at the end
     data_iter = iter(batches.train_stream(config, setup.placement, seed=config.seed))
     mngr = checkpoint.manager(workdir, config.checkpoint)

@@ -157,6 +157,13 @@ def _param_pspecs(boxed_params, rules, mesh: Mesh):
   return fitted
 
 
+def param_shardings(boxed_params, rules, mesh: Mesh):
+  """NamedShardings of a model's (unboxed) params from its boxed abstract init,
+  laid out as the train state's params are (a frozen teacher's: mgm/distill.py)."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), _param_pspecs(boxed_params, rules, mesh),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Where the train state and the batches live, and the mesh + rules under
@@ -190,9 +197,12 @@ class Placement:
     call.lower = lambda *args: _lower(self, jitted, args)
     return call
 
-  def train_step(self, step_fn):
-    """(state, batch) -> (state, metrics) jitted: state in place (donated), metrics replicated."""
-    return self.jit(step_fn, in_shardings=(self.state, self.batch),
+  def train_step(self, step_fn, teachers=None):
+    """(state, batch) -> (state, metrics) jitted: state in place (donated), metrics
+    replicated; with `teachers` (their params' shardings, mgm/distill.py), a third
+    argument, the teachers' params, placed so (not donated)."""
+    extra = () if teachers is None else (teachers,)
+    return self.jit(step_fn, in_shardings=(self.state, self.batch, *extra),
                     out_shardings=(self.state, self.replicated), donate_argnums=0)
 
   def eval_step(self, eval_fn):

@@ -68,14 +68,17 @@ def init_state(model: LM, tx, rng, batch_shape, adversarial=None) -> TrainState:
                     nonfinite_in_a_row=zero, adversarial=disc)
 
 
-def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=None):
+def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=None,
+            distill=None):
   """L = token cross-entropy (with `label_smoothing`, Szegedy et al. 2016 §7, if
   > 0) + sum_i lambda_i L_i (per-level auxiliary losses). The token loss is over
   the batch's mask: a paired batch's target tokens only. metrics['loss'] is the
   plain cross-entropy whatever the smoothing.
 
   `adversarial`: (AdversarialSpec, discriminator params, PRNG key) adds
-  weight * L_adv + L_D (mgm/adversarial.py; each reaches its own parameters)."""
+  weight * L_adv + L_D (mgm/adversarial.py; each reaches its own parameters).
+  `distill` (mgm/distill.py, Distill.bind): (token loss, logits, batch, unit
+  overflow) -> (token loss blended with the teachers' KL term, metrics)."""
   logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
                             return_aux=True, cond=conditioning(batch))
   if adversarial is not None:
@@ -87,6 +90,9 @@ def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=
   total = token_ce
   if label_smoothing:
     total = smoothed_token_loss(logits, batch["tokens"], batch["mask"], label_smoothing)
+  if distill is not None:
+    total, taught = distill(total, logits, batch, aux["unit_overflow"])
+    aux = {**aux, **taught}
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
       total = total + level.aux_weight * aux[f"aux_{i}"]
@@ -178,22 +184,24 @@ def smoothed_token_loss(logits, tokens, mask, smoothing: float):
 
 
 def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: float = 0.0,
-                      adversarial=None, tasks: tuple = ()):
+                      adversarial=None, tasks: tuple = (), distill=None):
   """Loss, metrics and gradients of the global batch, computed `accum` micro-batches
   at a time (activation memory / accum). Each micro-batch is weighted by its share
   of the batch's tokens, so the token loss and its gradient equal one pass's.
   `adversarial` (AdversarialSpec, discriminator params, key): the gradients are
   (the model's, the discriminator's); every micro-batch draws its Gumbel noise
   from the same key (its rows differ). `tasks` ((name, lambda_i), ...): a task
-  mixture's loss (mixture_loss_fn; validation refuses it with `adversarial`)."""
+  mixture's loss (mixture_loss_fn; validation refuses it with `adversarial` or
+  `distill`). `distill`: the teachers' term bound to their parameters (loss_fn)."""
   if tasks:
     return _mixture_grads(params, model, batch, accum, tasks, label_smoothing)
 
   def objective(trainable, one):
     if adversarial is None:
-      return loss_fn(trainable, model, one, label_smoothing)
+      return loss_fn(trainable, model, one, label_smoothing, distill=distill)
     spec, _, key = adversarial
-    return loss_fn(trainable[0], model, one, label_smoothing, (spec, trainable[1], key))
+    return loss_fn(trainable[0], model, one, label_smoothing, (spec, trainable[1], key),
+                   distill)
 
   grad_fn = jax.value_and_grad(lambda trainable, _, one: objective(trainable, one), has_aux=True)
   params = params if adversarial is None else (params, adversarial[1])
@@ -217,21 +225,24 @@ def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: flo
 
 
 def make_train_step(model: LM, tx, grad_accum: int = 1, label_smoothing: float = 0.0,
-                    adversarial=None, seed: int = 0, tasks: tuple = ()):
+                    adversarial=None, seed: int = 0, tasks: tuple = (), distill=None):
   """(state, batch) -> (state, metrics); pure, for jax.jit. `grad_accum` > 1 runs
   the batch as that many micro-batches and applies one update. `adversarial` (an
   AdversarialSpec) also updates the discriminator in `state.adversarial`, with
   Gumbel noise keyed by (`seed`, step): a resumed run draws the same noise.
-  `tasks`: a task mixture's ((name, lambda_i), ...) (mixture_loss_fn)."""
+  `tasks`: a task mixture's ((name, lambda_i), ...) (mixture_loss_fn). With
+  `distill` (mgm/distill.py Distill) the step is (state, batch, teacher params):
+  frozen, an argument rather than constants of the program."""
   disc_tx = None if adversarial is None else adv_lib.make_optimizer(adversarial)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, teacher_params=None):
+    term = distill.bind(teacher_params) if distill is not None else None
     adv = None
     if adversarial is not None:
       key = jax.random.fold_in(jax.random.key(seed), state.step)
       adv = (adversarial, state.adversarial["params"], key)
     total, metrics, grads = accumulated_grads(state.params, model, batch, grad_accum,
-                                              label_smoothing, adv, tasks)
+                                              label_smoothing, adv, tasks, term)
     grads, disc_grads = (grads, None) if adv is None else grads
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from mgm import adversarial as adv_lib
-from mgm import conditioned, decode, files, kinds, profiling, prompts, sharding
+from mgm import conditioned, decode, distill, files, kinds, profiling, prompts, sharding
 from mgm.data import mixture, noise, paired, pipeline, sources, tokenizer
 from mgm.data.tokenizer import VOCAB_SIZE, encode
 from mgm.errors import ConfigError, DataError
@@ -36,8 +36,9 @@ INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
 NON_NEGATIVE_NUMBERS = ("train.warmup_steps", "train.weight_decay", "train.min_lr_ratio",
                         "checkpoint.every_minutes", "sample.temperature", "adversarial.weight")
 POSITIVE_NUMBERS = ("train.lr", "train.grad_clip", "model.rope_base", "adversarial.lr",
-                    "adversarial.gumbel_temperature")
-NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction")
+                    "adversarial.gumbel_temperature", "distill.temperature")
+NUMBERS = ("sample.top_p", "sample.length_penalty", "train.b1", "train.b2", "data.val_fraction",
+           "distill.alpha")
 BOOLS = ("data.blind_inputs", "checkpoint.keep_best", "sample.stop_at_eos", "model.qk_norm",
          "model.remat", "model.scan_layers")
 STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field",
@@ -46,7 +47,7 @@ STRINGS = ("data.source", "data.files", "data.tfds_name", "data.tfds_text_field"
            "data.noise",
            "checkpoint.init_from", "sample.strategy", "sample.prompt", "sample.prompt_file",
            "sample.banned", "sample.forced_prefix", "sample.image", "sample.source",
-           "sample.source_file", "adversarial.discriminator")
+           "sample.source_file", "adversarial.discriminator", "distill.teachers")
 # Fields that only mean something for one data source: set with another, refused.
 SOURCE_ONLY = {"data.files": ("text", "pairs"), "data.tfds_name": ("tfds",),
                "data.tfds_data_dir": ("tfds",), "data.tfds_source_field": ("tfds",),
@@ -127,9 +128,10 @@ def _check_types_and_ranges(config):
                         f"got {weight!r}")
 
 
-def validate(config):
+def validate(config, mode: str = "train"):
   """Raise ConfigError for the first value that cannot work; reads the data source,
-  the prompt file and the first held-out rows, writes nothing."""
+  the prompt file and the first held-out rows, writes nothing. Distillation
+  teachers are read only by `mode` train (eval and sample never need them)."""
   _check_finite(config)
   _check_types_and_ranges(config)
   _validate_data(config.data)
@@ -161,6 +163,7 @@ def validate(config):
   _validate_continuations(config)
   if not mixed:
     _validate_conditioning(config)
+  _validate_distill(config, teachers=mode == "train")
 
 
 def _validate_tasks(config, spec) -> bool:
@@ -186,6 +189,9 @@ def _validate_tasks(config, spec) -> bool:
   if config.adversarial.weight:
     raise ConfigError("adversarial.weight", "the adversarial term is not built for task "
                       "mixtures (data.tasks); set it to 0 or train one task")
+  if config.distill.teachers:
+    raise ConfigError("distill.teachers", "distillation is not built for task mixtures "
+                      "(data.tasks); unset it or train one task")
   for field in ("eval.continuations", "sample.image", "sample.source", "sample.source_file"):
     if get(config, field):
       raise ConfigError(field, "is not supported with data.tasks (a task mixture samples "
@@ -248,6 +254,26 @@ def _validate_adversarial(adv):
   if adv.discriminator == "transformer" and adv.width % adv.heads:
     raise ConfigError("adversarial.heads", f"{adv.heads} does not divide adversarial.width="
                       f"{adv.width}; pick a divisor")
+
+
+def _validate_distill(config, teachers: bool):
+  """distill.*: the teachers' configs and checkpoints are there and fit the
+  student (mgm/distill.py check_config), and the first training batch fits
+  each teacher's unit bounds (else its updates would all be refused)."""
+  teachers = distill.check_config(config, teachers)
+  if not teachers:
+    return
+  batch = next(iter(pipeline.make_dataset(config.data, "train", seed=config.seed,
+                                          batch_size=config.train.batch_size)))
+  for path, cfg, spec in teachers:
+    excess = unit_excess(spec, batch["tokens"], config.data.seq_len,
+                         cfg.data.get("packing", "none"))
+    if excess:
+      level, count, bound = excess
+      raise ConfigError("distill.teachers", f"teacher {path!r}: the batch before step 1 has "
+                        f"a sequence of {count} {spec.levels[level].units!r} units, more than "
+                        f"its model.levels[{level}].max_units={bound}; lower data.seq_len or "
+                        "use a teacher trained on sequences this long")
 
 
 def _validate_conditioning(config):

@@ -29,8 +29,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Modules not listed follow, in file order.
 COSTLIEST_FIRST = (
     "test_runner.py", "test_jobs.py", "test_decode.py", "test_conditioned_run.py",
-    "test_hierarchy.py",
-    "test_compute.py", "test_resume.py", "test_launch.py", "test_sharding.py",
+    "test_hierarchy.py", "test_compute.py", "test_resume.py", "test_launch.py",
+    "test_sharding.py", "test_distill.py",
     "test_cross_attention.py", "test_loop_policies.py", "test_packing.py", "test_beam.py",
     "test_flops.py", "test_profile.py", "test_encoders.py", "test_conditioned_decode.py",
     "test_model.py", "test_multihost.py", "test_exit_status.py",

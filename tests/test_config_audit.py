@@ -29,6 +29,9 @@ BAD = {
     "checkpoint.keep": [0],
     "checkpoint.keep_best": ["yes"],
     "data.corpus_seed": [-1],
+    "distill.alpha": [-0.1, 1.5, "0.5"],
+    "distill.temperature": [0.0, -1.0],
+    "distill.teachers": [3, "/nonexistent/run", NOT_A_CHECKPOINT],
     "data.blind_inputs": ["yes", True],        # True: the model has no encoders
     "data.files": ["corpus/*.txt"],            # set while data.source is synthetic
     "data.image_channels": [2, 0],

@@ -1,0 +1,236 @@
+"""Distillation from a teacher ensemble (mgm/distill.py, issue 14 part 2).
+
+Tiny teachers (a flat one and an mgm3 one) are trained a few steps once per
+module and saved as runs (config.json + an Orbax checkpoint), as launch.py
+leaves them. The tests: alpha = 0 is plain training bit for bit; a student
+that is its teacher (tau = 1) has a zero KL term and gradient; the ensemble's
+KL equals a numpy computation over averaged probabilities; a flat student
+learns from an mgm3 teacher through run_mode (and resumes re-reading it);
+unusable teachers are refused naming distill.teachers before anything is
+written; a sharded step with a teacher equals the one-device step.
+"""
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.lm import get_config
+from mgm import checkpoint, loop, sharding
+from mgm.data import pipeline
+from mgm.errors import ConfigError
+from mgm.setup import Setup
+from mgm.train import loss_fn
+from mgm.workdir import check_and_save_config
+
+STEPS = 3
+
+
+def one_device_mesh(config):
+  return sharding.make_mesh(config.mesh, jax.devices()[:1])
+
+
+def tiny(model="flat", **distill_fields):
+  config = get_config(f"model={model},size=tiny")
+  config.distill.update(distill_fields)
+  return config
+
+
+@pytest.fixture(scope="module")
+def batches():
+  data = pipeline.make_dataset(tiny().data, "train", batch_size=8, seed=0)
+  return [batch for _, batch in zip(range(STEPS), data)]
+
+
+def steps(setup, batches, state=None):
+  """The state after one train step per batch, and the last step's metrics."""
+  state = setup.state if state is None else state
+  for batch in batches:
+    state, metrics = setup.train_step(state, setup.placement.global_batch(batch))
+  return state, metrics
+
+
+def save_run(workdir, config, state):
+  """A run's files as training leaves them: config.json and checkpoints/N."""
+  mngr = checkpoint.manager(str(workdir), config.checkpoint, enable_async=False)
+  checkpoint.save(mngr, int(state.step), state, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  check_and_save_config(str(workdir), config)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, batches):
+  """{'flat': workdir, 'mgm3': workdir}: tiny teachers trained STEPS steps."""
+  runs = {}
+  for model in ("flat", "mgm3"):
+    config = tiny(model)
+    setup = Setup.create(config, mesh=one_device_mesh(config))
+    workdir = tmp_path_factory.mktemp(f"teacher_{model}")
+    save_run(workdir, config, steps(setup, batches)[0])
+    runs[model] = str(workdir)
+  return runs
+
+
+def test_alpha_zero_is_plain_training(teachers, batches):
+  config = tiny(teachers=teachers["mgm3"], alpha=0.0)
+  plain = Setup.create(config, mesh=one_device_mesh(config))
+  taught = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  assert plain.teachers is None and taught.teachers is not None
+  (plain_state, plain_metrics), (state, metrics) = steps(plain, batches), steps(taught, batches)
+  assert float(metrics["distill_kl"]) > 0.01   # the teacher ran, and disagrees
+  # equal up to rounding: XLA fuses the two programs differently (measured: at
+  # most 6e-8 apart after 3 steps; alpha = 0.01 already fails these checks)
+  np.testing.assert_allclose(float(metrics["loss"]), float(plain_metrics["loss"]), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               state.params, plain_state.params)
+
+
+def _grads(setup, params, batch):
+  """(total, metrics, gradient) of the student's loss_fn with the teachers' term."""
+
+  @jax.jit
+  def run(params, teacher_params, batch):
+    term = setup.teachers.distill.bind(teacher_params)
+    (total, metrics), grads = jax.value_and_grad(
+        lambda p: loss_fn(p, setup.model, batch, distill=term), has_aux=True)(params)
+    return total, metrics, grads
+  return run(params, setup.teachers.params, {k: jnp.asarray(v) for k, v in batch.items()})
+
+
+def test_a_student_that_is_its_teacher_has_zero_kl_and_gradient(teachers, batches):
+  config = tiny(teachers=teachers["flat"], alpha=1.0, temperature=1.0)
+  setup = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(tree))))
+  # a fresh student: the KL term and its gradient are far from zero
+  _, fresh, fresh_grads = _grads(setup, setup.state.params, batches[0])
+  assert float(fresh["distill_kl"]) > 0.01 and norm(fresh_grads) > 1e-2
+  # the student initialised as the teacher (as checkpoint.init_from does): both
+  # vanish, up to rounding
+  student, _ = checkpoint.restore_params(teachers["flat"], checkpoint.abstract(setup.state.params))
+  total, same, grads = _grads(setup, student, batches[0])
+  assert abs(float(same["distill_kl"])) < 1e-6 and abs(float(total)) < 1e-6
+  assert norm(grads) < 1e-4 * norm(fresh_grads)
+
+
+def _softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def test_the_ensemble_averages_the_teachers_probabilities(teachers, batches):
+  tau, alpha = 2.0, 0.3
+  config = tiny(teachers=f"{teachers['flat']},{teachers['mgm3']}", alpha=alpha,
+                temperature=tau)
+  setup = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  batch = batches[1]
+  total, metrics, _ = _grads(setup, setup.state.params, batch)
+  # by hand: each teacher's softmax(z / tau), averaged; KL over the mask's tokens
+  logits = lambda model, params: np.asarray(jax.jit(
+      lambda p, t: model.apply({"params": p}, t))(params, batch["tokens"]), np.float64)
+  probs = np.mean([_softmax(logits(m, p) / tau) for m, p in zip(
+      setup.teachers.distill.models, setup.teachers.params)], axis=0)
+  student = logits(setup.model, setup.state.params)
+  log_q = np.log(_softmax(student / tau))
+  per_token = np.sum(probs * (np.log(probs) - log_q), -1)
+  kl = np.sum(per_token * batch["mask"]) / np.sum(batch["mask"])
+  np.testing.assert_allclose(float(metrics["distill_kl"]), kl, rtol=1e-4)
+  ce = float(metrics["loss"])
+  np.testing.assert_allclose(float(total), (1 - alpha) * ce + alpha * tau ** 2 * kl, rtol=1e-4)
+
+
+def test_a_flat_student_learns_from_an_mgm3_teacher_and_resumes(teachers, tmp_path):
+  config = tiny(teachers=teachers["mgm3"], alpha=0.5)
+  config.train.update(steps=2, warmup_steps=1, log_every=1, eval_every=2, eval_batches=1)
+  config.sample.update(num_samples=1, max_new_tokens=4)
+  workdir = tmp_path / "student"
+  first = loop.run_mode(config, str(workdir), "train")
+  record, = first["distill_teachers"]
+  assert record["step"] == STEPS and record["checkpoint"].endswith(f"checkpoints/{STEPS}")
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2] and all(r["distill_kl"] > 0 for r in rows)
+  # the student's checkpoint holds the student only; a resumed run reads the teacher again
+  saved = checkpoint.read_only_manager(str(workdir / "checkpoints")).item_metadata(2)
+  assert set(saved.state.tree) == {"step", "params", "opt_state", "skipped_steps",
+                                   "nonfinite_in_a_row"}
+  config.train.steps = 3
+  second = loop.run_mode(config, str(workdir), "train")
+  assert second["steps"] == 3 and second["distill_teachers"] == first["distill_teachers"]
+  # evaluating the student needs no teacher (the config's may be gone)
+  config.distill.teachers = str(tmp_path / "deleted_teacher")
+  assert loop.run_mode(config, str(workdir), "eval")["step"] == 3
+
+
+def _copy(run, tmp_path, name):
+  target = tmp_path / name
+  shutil.copytree(run, target)
+  return target
+
+
+def _different_vocab(teachers, tmp_path):
+  run = _copy(teachers["flat"], tmp_path, "vocab_teacher")
+  saved = json.loads((run / "config.json").read_text())
+  saved["model"]["vocab_size"] = 300
+  (run / "config.json").write_text(json.dumps(saved))
+  return str(run), "vocab_size 300"
+
+
+def _flipped_bytes(teachers, tmp_path):
+  """Every chunk of the saved params changed on disk: no step restores."""
+  run = _copy(teachers["flat"], tmp_path, "damaged_teacher")
+  for chunk in (run / "checkpoints").rglob("d/*"):
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+  return str(run), "no checkpoint of it restores"
+
+
+def _empty_dir(teachers, tmp_path):
+  (tmp_path / "empty").mkdir()
+  return str(tmp_path / "empty"), "no config.json"
+
+
+def _no_checkpoint(teachers, tmp_path):
+  run = tmp_path / "untrained"
+  check_and_save_config(str(run), tiny())
+  return str(run), "no checkpoint step"
+
+
+def _conditioned(teachers, tmp_path):
+  """A captioning teacher for a student whose data has no images."""
+  from configs.caption import get_config as caption_config
+  run = tmp_path / "captioner"
+  check_and_save_config(str(run), caption_config("tiny"))
+  (run / "checkpoints" / "1").mkdir(parents=True)
+  return str(run), "reads 'image'"
+
+
+@pytest.mark.parametrize("make", [_different_vocab, _flipped_bytes, _empty_dir,
+                                  _no_checkpoint, _conditioned])
+def test_an_unusable_teacher_is_refused_before_anything_is_written(make, teachers, tmp_path):
+  path, problem = make(teachers, tmp_path)
+  config = tiny(teachers=f"{teachers['mgm3']},{path}")
+  workdir = tmp_path / "student"
+  with pytest.raises(ConfigError) as error:
+    loop.run_mode(config, str(workdir), "train")
+  assert error.value.field == "distill.teachers"
+  assert path in str(error.value) and problem in str(error.value), str(error.value)
+  assert "\n" not in str(error.value)
+  assert not workdir.exists(), "a refused run writes nothing"
+
+
+def test_a_sharded_step_with_a_teacher_equals_the_one_device_step(teachers, batches):
+  config = tiny(teachers=teachers["mgm3"], alpha=0.5)
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  sharded = Setup.create(config, mesh=sharding.make_mesh(config.mesh), teachers=True)
+  placed = jax.tree.leaves(sharded.teachers.params[0])
+  assert any(not a.sharding.is_fully_replicated for a in placed)   # laid out like the student
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  single = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  (state, metrics), (ref_state, ref) = steps(sharded, batches[:2]), steps(single, batches[:2])
+  for key in ("loss", "distill_kl", "total_loss"):
+    np.testing.assert_allclose(float(metrics[key]), float(ref[key]), rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               state.params, ref_state.params)
