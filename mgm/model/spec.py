@@ -96,7 +96,7 @@ class ModelSpec:
   remat: bool = False
   remat_policy: str = "full"      # full | save_dots (mgm/nn/transformer.py)
   dtype: str = "float32"
-  attention_impl: str = "auto"    # auto | xla | cudnn (mgm/nn/attention.py)
+  attention_impl: str = "auto"    # auto | xla | cudnn | blockwise (mgm/nn/attention.py)
   encoders: tuple = ()            # EncoderSpecs (mgm/nn/encoders.py); () = unconditioned
   fusion: str = ""                # '' (one encoder, its memory as is) | concat | gated
                                   # | attention:K (mgm/nn/fusion.py)
