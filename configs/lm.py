@@ -108,6 +108,7 @@ def base_config():
   c.model.remat_policy = "full"         # full | save_dots (keep matmul outputs)
   c.model.dtype = "float32"             # compute dtype; parameters stay float32
   c.model.attention_impl = "auto"       # auto (cuDNN flash on GPU in bf16/fp16, blockwise on CPU) | xla | cudnn | blockwise
+  c.model.loss_chunk = 0                # >0: the train loss's logits this many positions at a time
   c.model.encoders = []                 # conditioning (configs/caption.py, configs/seq2seq.py):
                                         # ConfigDicts of mgm/nn/encoders.py EncoderSpec
   c.model.fusion = ""                   # '' (one encoder) | concat | gated | attention:K

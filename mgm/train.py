@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mgm.model.lm import LM, conditioning, example_cond, token_loss
+from mgm.model.loss import masked_mean
 
 
 @flax.struct.dataclass
@@ -62,13 +63,23 @@ def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0):
   """L = token cross-entropy (with `label_smoothing`, Szegedy et al. 2016 §7, if
   > 0) + sum_i lambda_i L_i (per-level auxiliary losses). The token loss is over
   the batch's mask: a paired batch's target tokens only. metrics['loss'] is the
-  plain cross-entropy whatever the smoothing."""
-  logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
-                            return_aux=True, cond=conditioning(batch))
-  token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
-  total = token_ce
-  if label_smoothing:
-    total = smoothed_token_loss(logits, batch["tokens"], batch["mask"], label_smoothing)
+  plain cross-entropy whatever the smoothing. With `model.spec.loss_chunk` the
+  logits are made that many positions at a time, never all at once (LM.token_ce)."""
+  if model.spec.loss_chunk:
+    (ce, uniform), aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
+                                     cond=conditioning(batch), method=LM.token_ce)
+    token_ce, count = masked_mean(ce, batch["mask"])
+    total = token_ce
+    if label_smoothing:
+      total = masked_mean((1 - label_smoothing) * ce + label_smoothing * uniform,
+                          batch["mask"])[0]
+  else:
+    logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
+                              return_aux=True, cond=conditioning(batch))
+    token_ce, count = token_loss(logits, batch["tokens"], batch["mask"])
+    total = token_ce
+    if label_smoothing:
+      total = smoothed_token_loss(logits, batch["tokens"], batch["mask"], label_smoothing)
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
       total = total + level.aux_weight * aux[f"aux_{i}"]

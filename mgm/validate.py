@@ -27,7 +27,7 @@ POSITIVE_INTS = (
     "train.log_every", "train.eval_every", "train.eval_batches",
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
     "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size")
-NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
+NON_NEGATIVE_INTS = ("model.loss_chunk", "train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
                      "eval.examples")
 INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
