@@ -4,7 +4,8 @@
       --heads=4 --patch=8 --seq_len=1024 --batch=8
 
 Times `train_step` (forward, backward, AdamW update) on synthetic-corpus
-batches after one warm-up step. Peak memory: XLA's estimate for the compiled
+batches after one warm-up step. Comparing attention kernels or the chunked
+loss on a shared machine: benchmarks/fast_paths.py (interleaved, one process). Peak memory: XLA's estimate for the compiled
 step (arguments + temporaries) and the process's peak RSS. Run each shape in
 its own process (benchmarks/train_suite.py does) so peak RSS is per shape.
 """
@@ -33,6 +34,8 @@ def main():
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--remat", action="store_true", help="recompute activations in backward")
   p.add_argument("--scan_layers", action="store_true", help="each stack's blocks as one nn.scan")
+  p.add_argument("--attention_impl", default="auto", help="model.attention_impl")
+  p.add_argument("--loss_chunk", type=int, default=0, help="model.loss_chunk (0: off)")
   args = p.parse_args()
   dims = [int(x) for x in args.dims.split(",")]
   depths = [int(x) for x in args.depths.split(",")]
@@ -40,6 +43,8 @@ def main():
   config.train.batch_size = args.batch
   config.model.remat = args.remat
   config.model.scan_layers = args.scan_layers
+  config.model.attention_impl = args.attention_impl
+  config.model.loss_chunk = args.loss_chunk
   spec = spec_lib.from_config(config.model)
   spec_lib.check_hierarchy(spec.levels, args.seq_len)
   model = LM(spec)
@@ -57,8 +62,9 @@ def main():
   flops_per_token = flops.train_flops_per_token(spec, args.seq_len)
   emit({"bench": "train", "model": args.model, "dims": dims, "depths": depths,
         "heads": args.heads, "patch": args.patch, "seq_len": args.seq_len,
-        "batch": args.batch, "remat": args.remat,
-        "scan_layers": args.scan_layers, "params": param_count(state.params),
+        "batch": args.batch, "remat": args.remat, "scan_layers": args.scan_layers,
+        "attention_impl": args.attention_impl, "loss_chunk": args.loss_chunk,
+        "params": param_count(state.params),
         "step_s": round(seconds, 4), "tokens_per_sec": round(tokens / seconds, 1),
         "seconds_per_sequence": round(seconds / args.batch, 4),
         "compile_s": round(compile_s, 1), "loss": float(metrics["loss"]),

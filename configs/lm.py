@@ -114,7 +114,8 @@ def base_config():
                                         # not depth (params blocks/block/*, leading [depth] axis;
                                         # checkpoint.init_from converts either layout)
   c.model.dtype = "float32"             # compute dtype; parameters stay float32
-  c.model.attention_impl = "auto"       # auto (cuDNN flash on GPU in bf16/fp16) | xla | cudnn
+  c.model.attention_impl = "auto"       # auto (cuDNN flash on GPU in bf16/fp16, blockwise on CPU) | xla | cudnn | blockwise
+  c.model.loss_chunk = 0                # >0: the train loss's logits this many positions at a time
   c.model.encoders = []                 # conditioning (configs/caption.py, configs/seq2seq.py):
                                         # ConfigDicts of mgm/nn/encoders.py EncoderSpec
   c.model.fusion = ""                   # '' (one encoder) | concat | gated | attention:K

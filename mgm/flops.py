@@ -6,6 +6,14 @@ counts its own part (a mixer's `flops`, a span's `keys`, a pooling's and an
 upsampling's `flops`). Every level
 contributes per *position of that level* and is divided by the tokens it
 covers, so coarse levels cost less per byte the longer their units are.
+
+These are the model's FLOPs, whatever a kernel executes: MFU (`utilization`)
+divides them by the peak, so a faster kernel raises MFU only by taking less
+time. `executed=True` counts what XLA's dense kernels run (full causal squares,
+local blocks of 2W keys), as its cost analysis does; blockwise causal
+attention (the CPU default, mgm/nn/attention.py) runs about T (T + block) / 2
+scores per head instead of T^2, and cuDNN skips most of the masked half too,
+so the executed count is an upper bound there.
 """
 import functools
 import time

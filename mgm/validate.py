@@ -29,7 +29,8 @@ POSITIVE_INTS = (
     "checkpoint.every_steps", "checkpoint.keep", "sample.num_samples",
     "eval.prompt_tokens", "eval.new_tokens", "eval.beam_size", "adversarial.width",
     "adversarial.depth", "adversarial.heads")
-NON_NEGATIVE_INTS = ("train.max_nonfinite_in_a_row", "eval.continuations", "data.corpus_seed",
+NON_NEGATIVE_INTS = ("model.loss_chunk", "train.max_nonfinite_in_a_row", "eval.continuations",
+                     "data.corpus_seed",
                      "eval.examples", "data.noise_seed")
 INTS = ("seed", "sample.seed", "sample.max_new_tokens", "sample.min_new_tokens",
         "sample.top_k", "sample.beam_size")
@@ -139,6 +140,7 @@ def validate(config, mode: str = "train"):
   _validate_checkpoint(config.checkpoint, config.train)
   _validate_profile(config.profile.steps, config.train.steps)
   _validate_adversarial(config.adversarial)
+  _validate_loss_chunk(config)
   spec = spec_lib.from_config(config.model)
   if spec.vocab_size < VOCAB_SIZE:
     raise ConfigError("model.vocab_size", f"{spec.vocab_size} is below the tokenizer's "
@@ -244,6 +246,14 @@ def _validate_task_inputs(config, spec):
       raise ConfigError(f"model.encoders[{k}].kind", f"{e.kind} reads {name!r} and no task "
                         "of data.tasks gives it; drop the encoder or add a task with it")
     _check_encoder_shape(config, f"model.encoders[{k}]", e)
+
+
+def _validate_loss_chunk(config):
+  if config.model.get("loss_chunk", 0) and (config.adversarial.weight or
+                                            config.distill.teachers):
+    user = "adversarial.weight" if config.adversarial.weight else "distill.teachers"
+    raise ConfigError("model.loss_chunk", f"{user} reads the full logits, which a chunked "
+                      "loss never makes; set model.loss_chunk=0")
 
 
 def _validate_adversarial(adv):

@@ -11,7 +11,8 @@ from mgm.model.spec import LevelSpec, ModelSpec, field_defaults
 # cannot continue in a workdir whose saved config differs in these.
 SHAPE_SECTIONS = ("model", "data", "adversarial")
 # ...except these, which change how a step is computed, not what it computes.
-COMPUTE_ONLY_FIELDS = ("model.remat", "model.remat_policy", "model.attention_impl")
+COMPUTE_ONLY_FIELDS = ("model.remat", "model.remat_policy", "model.attention_impl",
+                       "model.loss_chunk")
 
 
 def config_to_dict(config) -> dict:

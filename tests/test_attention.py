@@ -1,6 +1,7 @@
 """Every fast attention path computes what plain masked dense attention computes.
 
-`attend` picks, by span and length: XLA's dense causal attention; query-chunked
+`attend` picks, by span and length: blockwise causal attention for full spans
+on CPU (impl 'auto' or 'blockwise'); XLA's dense causal attention; query-chunked
 causal attention for full spans longer than QUERY_CHUNK (a multiple of it: the
 `base` presets' 8,192 bytes); blockwise local attention for `window:W` spans with
 W < T and for `parent` spans whose longest unit is shorter than T; a dense
@@ -100,6 +101,57 @@ def spy(monkeypatch):
     monkeypatch.setattr(attention, name, counted)
     return calls
   return install
+
+
+# -- full span, blockwise (impl 'auto' on CPU, or 'blockwise') ----------------------
+
+def doc_ids_of(t, b=2):
+  """[B, T] document ids: documents of 3, 9, 1, 6, 13, 3, ... bytes (so document
+  starts fall inside, at and across block edges), but row 0 one document if B > 1."""
+  row = np.repeat(np.arange(t), np.resize([3, 9, 1, 6, 13], t))[:t]
+  return np.stack([np.zeros(t, int) if i == 0 and b > 1 else row for i in range(b)])
+
+
+@pytest.mark.parametrize("t,block", [
+    (32, 8),     # a multiple of the block
+    (37, 8),     # ragged: a last block of 5
+    (5, 8),      # one block, shorter than the block
+    (24, 7),     # ragged, the block not a power of two
+])
+@pytest.mark.parametrize("docs", [False, True], ids=["one-stream", "doc_ids"])
+def test_blockwise_causal_attention_equals_dense_in_values_and_gradients(t, block, docs):
+  q, k, v = qkv(t, b=2)
+  doc_ids = jnp.asarray(doc_ids_of(t)) if docs else None
+  fast = lambda q, k, v: attention.blockwise_causal_attention(q, k, v, block, doc_ids)
+  slow = lambda q, k, v: reference(q, k, v, allowed(t, unit_ids=doc_ids))
+  assert_same_values_and_gradients(fast, slow, q, k, v)
+  if not docs:
+    assert_causal(fast, q, k, v, positions=range(1, t))
+
+
+def test_blockwise_is_what_auto_runs_on_cpu_and_xla_keeps_the_plain_path(spy):
+  t = 300   # default blocks: 128, 128, 44
+  q, k, v = qkv(t, n=1, h=4)
+  doc_ids = jnp.asarray(doc_ids_of(t, b=1))
+  calls = spy("blockwise_causal_attention")
+  for impl, blockwise in (("auto", jax.default_backend() == "cpu"), ("blockwise", True),
+                          ("xla", False)):
+    calls["blockwise_causal_attention"] = 0
+    out = jax.jit(lambda q, k, v: attend(q, k, v, "full", impl=impl, doc_ids=doc_ids))(q, k, v)
+    assert calls["blockwise_causal_attention"] == int(blockwise), impl
+    np.testing.assert_allclose(out, reference(q, k, v, allowed(t, unit_ids=doc_ids)),
+                               atol=ATOL, rtol=0, err_msg=impl)
+
+
+def test_blockwise_beyond_query_chunk_recomputes_blocks_and_equals_dense():
+  """Past QUERY_CHUNK each block is checkpointed (recomputed in the backward pass):
+  values and gradients still equal the dense ones, with documents, ragged T."""
+  t = attention.QUERY_CHUNK + 40   # 16 blocks of 131 (the last 77)
+  q, k, v = qkv(t, b=1, n=1, h=4)
+  doc_ids = jnp.asarray(doc_ids_of(t, b=1) // 50)    # documents of ~300 bytes
+  fast = lambda q, k, v: attention.blockwise_causal_attention(q, k, v, doc_ids=doc_ids)
+  slow = lambda q, k, v: reference(q, k, v, allowed(t, unit_ids=doc_ids))
+  assert_same_values_and_gradients(fast, slow, q, k, v)
 
 
 # -- full span, query-chunked (T > QUERY_CHUNK, T % QUERY_CHUNK == 0) ---------------

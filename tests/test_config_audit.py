@@ -84,6 +84,7 @@ BAD = {
     "model.levels[0].units": ["word"],
     "model.levels[0].upsample": ["nearest"],
     "model.levels[0].width": [0],
+    "model.loss_chunk": [-1, 0.5],
     "model.mlp_ratio": [0],
     "model.qk_norm": ["no"],
     "model.remat": [1],

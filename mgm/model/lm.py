@@ -44,6 +44,7 @@ import optax
 
 from mgm.data.tokenizer import BOS, PAD
 from mgm.model import segment as seg_lib
+from mgm.model.loss import chunked_token_ce
 from mgm.model.spec import ModelSpec
 from mgm.nn.layers import Embed, Linear, RMSNorm
 from mgm.nn.pooling import Pool
@@ -325,6 +326,18 @@ class LM(nn.Module):
                        "task index, cond['task'] int32 [B, 1] (mgm/data/mixture.py)")
     table = jnp.asarray(self.task_embed, self.spec.compute_dtype)
     return jnp.take(table, cond["task"][:, 0], axis=0)[:, None]
+
+  def token_ce(self, tokens, mask=None, cond=None):
+    """The teacher-forced pass to per-token cross-entropies without the [B, T, V]
+    logits: ((ce, uniform) [B, T] each, aux terms as `__call__`'s), the
+    unembedding run `spec.loss_chunk` positions at a time (mgm/model/loss.py).
+    Under jit the forward's unused logits are never computed."""
+    out = self.forward(tokens, cond)
+    kernel = nn.meta.unbox(self.unembed.variables["params"]["kernel"])
+    h = self.final_norm(out["contexts"][-1])
+    losses = chunked_token_ce(h, kernel, tokens, self.spec.loss_chunk, self.spec.compute_dtype)
+    mask = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
+    return losses, self._aux_terms(tokens, mask, out["seg"], out["contexts"])
 
   def logits(self, x):
     """Token-level outputs [B, T, D] -> logits [B, T, V] float32."""

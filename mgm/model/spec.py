@@ -97,7 +97,8 @@ class ModelSpec:
   remat_policy: str = "full"      # full | save_dots (mgm/nn/transformer.py)
   scan_layers: bool = False       # each stack's blocks as one nn.scan (mgm/nn/transformer.py)
   dtype: str = "float32"
-  attention_impl: str = "auto"    # auto | xla | cudnn (mgm/nn/attention.py)
+  attention_impl: str = "auto"    # auto | xla | cudnn | blockwise (mgm/nn/attention.py)
+  loss_chunk: int = 0             # token loss over chunks of positions (mgm/model/loss.py); 0: off
   encoders: tuple = ()            # EncoderSpecs (mgm/nn/encoders.py); () = unconditioned
   fusion: str = ""                # '' (one encoder, its memory as is) | concat | gated
                                   # | attention:K (mgm/nn/fusion.py)
@@ -266,7 +267,7 @@ def from_config(model_cfg) -> ModelSpec:
       qk_norm=bool(model_cfg.qk_norm), remat=bool(model_cfg.remat),
       remat_policy=model_cfg.remat_policy, dtype=model_cfg.dtype,
       scan_layers=bool(model_cfg.get("scan_layers", False)),
-      attention_impl=model_cfg.attention_impl)
+      attention_impl=model_cfg.attention_impl, loss_chunk=model_cfg.get("loss_chunk", 0))
 
 
 def _num_tasks(value) -> int:

@@ -8,8 +8,12 @@ paths; cuDNN's fused kernel is used only without it.
 
 Full causal spans run as one fused kernel where one exists: `attention_impl`
 'auto' picks cuDNN's flash attention on NVIDIA GPUs in bfloat16/float16 (memory
-O(T), not O(T^2)) and XLA's attention elsewhere; 'xla' and 'cudnn' force one.
+O(T), not O(T^2)), blockwise causal attention on CPU (query blocks attend to
+the keys up to their own block only: the masked upper blocks are never
+computed) and XLA's dense attention elsewhere; 'xla', 'cudnn' and 'blockwise'
+force one.
 """
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -30,27 +34,38 @@ def rope(x, positions, base: float):
 
 
 QUERY_CHUNK = 2048
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
+BLOCK = 128          # queries per block of blockwise_causal_attention (at least)
+MAX_BLOCKS = 16      # ...and at most this many blocks (the loop is unrolled)
 
 
 def fused_impl(impl: str, dtype) -> str:
-  """'cudnn' or 'xla': what a full causal span runs with under `impl`."""
+  """'cudnn', 'blockwise' or 'xla': what a full causal span runs with under
+  `impl`. 'auto': cuDNN on NVIDIA GPUs in bfloat16/float16, blockwise on CPU
+  (a flat train step 1024 bytes x 8 ran in about half the time there:
+  benchmarks/results/attention_cpu.md), XLA's dense kernel elsewhere."""
   if impl == "auto":
-    on_gpu = jax.default_backend() == "gpu"
-    return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
+    backend = jax.default_backend()
+    if backend == "cpu":
+      return "blockwise"
+    return "cudnn" if backend == "gpu" and dtype in (jnp.bfloat16, jnp.float16) else "xla"
   return impl
 
 
 def full_attention(q, k, v, impl: str = "auto", doc_ids=None):
-  """Full causal attention [B, T, N, H] -> [B, T, N, H]: cuDNN's fused kernel
-  where it can run (no document mask), chunked queries for long sequences,
-  otherwise one XLA block; `doc_ids` [B, T] keeps queries in their document."""
+  """Full causal attention [B, T, N, H] -> [B, T, N, H]: blockwise where `impl`
+  picks it; else cuDNN's fused kernel where it can run (no document mask),
+  chunked queries for long sequences, otherwise one XLA block; `doc_ids` [B, T]
+  keeps queries in their document."""
+  kernel = fused_impl(impl, q.dtype)
+  if kernel == "blockwise":
+    return blockwise_causal_attention(q, k, v, doc_ids=doc_ids)
   long = q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0
   if doc_ids is not None:
     if long:
       return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=doc_ids)
     return masked_attention(q, k, v, doc_ids)
-  if fused_impl(impl, q.dtype) == "cudnn":
+  if kernel == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
   if long:
     return chunked_causal_attention(q, k, v)
@@ -94,6 +109,44 @@ def local_attention(q, k, v, window: int, unit_ids=None):
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bknqs,bksnh->bkqnh", probs, vb)
   return out.reshape(b, nb * c, n, h)[:, :t]
+
+
+def block_size(t: int) -> int:
+  """Queries per block of blockwise_causal_attention over `t` positions: BLOCK,
+  or more so that there are at most MAX_BLOCKS blocks."""
+  return max(BLOCK, math.ceil(t / MAX_BLOCKS))
+
+
+def blockwise_causal_attention(q, k, v, block: int | None = None, doc_ids=None):
+  """Full causal attention [B, T, N, H] -> [B, T, N, H] that skips the masked
+  upper blocks: queries [s, e) (blocks of `block`, default `block_size(T)`; the
+  last one holds what is left, so any T runs without padding) attend to keys
+  [0, e) only, with a causal mask of [e - s, e] (and, given `doc_ids` [B, T],
+  the document mask) built per block, never [T, T]. Scores and softmax in
+  float32. Scores computed: sum_i (e_i - s_i) e_i ~ T (T + block) / 2 per head
+  instead of T^2. Beyond QUERY_CHUNK positions each block is recomputed in the
+  backward pass (memory O(block x T) per block, as chunked_causal_attention)."""
+  b, t, n, h = q.shape
+  block = block or block_size(t)
+  scale = 1.0 / math.sqrt(h)
+
+  def one_block(start, q_block, keys, values, q_ids, k_ids):
+    stop = keys.shape[1]
+    scores = jnp.einsum("bqnh,bknh->bnqk", q_block, keys).astype(jnp.float32) * scale
+    mask = jnp.arange(stop)[None, :] <= start + jnp.arange(q_block.shape[1])[:, None]
+    if q_ids is not None:
+      mask = mask & (q_ids[:, None, :, None] == k_ids[:, None, None, :])   # [B, 1, c, e]
+    probs = jax.nn.softmax(jnp.where(mask, scores, -1e30), axis=-1).astype(v.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", probs, values)
+
+  if t > QUERY_CHUNK:
+    one_block = jax.checkpoint(one_block, static_argnums=(0,))
+  outs = []
+  for start in range(0, t, block):
+    stop = min(start + block, t)
+    ids = (None, None) if doc_ids is None else (doc_ids[:, start:stop], doc_ids[:, :stop])
+    outs.append(one_block(start, q[:, start:stop], k[:, :stop], v[:, :stop], *ids))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 def chunked_causal_attention(q, k, v, chunk: int = QUERY_CHUNK, doc_ids=None):
