@@ -162,9 +162,11 @@ def test_report_writes_the_scaling_plot_and_fit_table(tmp_path, few_replicates):
   truths = {"flat": FLAT, "mgm3": power_law(1.2, 3e3, 0.3),
             "megabyte": power_law(0.0, 5e2, 0.2)}      # 2.3 .. 1.4: E ~ 0 but for the floor
   rows = rows_for(experiment, truths)
-  curves = {r["arm"]: {"train": [(r["train_flops"], r["eval_bpb"])],
-                       "eval": [(r["train_flops"], r["eval_bpb"])]} for r in rows}
-  path = report.write(experiment, rows, curves, str(tmp_path), "python launch.py ...")
+  curves = {r["arm"]: [{"train": [(r["train_flops"], r["eval_bpb"])],
+                        "eval": [(r["train_flops"], r["eval_bpb"])]}] for r in rows}
+  summaries = {r["arm"]: [{k: v for k, v in r.items() if k not in ("arm", "paper")}]
+               for r in rows}   # one seed per arm, as the runner passes them
+  path = report.write(experiment, summaries, curves, str(tmp_path), "python launch.py ...")
   assert (tmp_path / "scaling.png").stat().st_size > 0
   assert [r["arm"] for r in csv.DictReader(open(tmp_path / "results.csv"))] == \
       [a.name for a in experiment.arms]
