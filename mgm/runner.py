@@ -208,8 +208,14 @@ def run_dir(workdir: str, arm: Arm, k: int) -> str:
 
 def runs(experiment: Experiment, plans: dict, workdir: str) -> list[tuple[Arm, int, dict, str]]:
   """Every run of the experiment, arm by arm, seed by seed: (arm, k, its
-  overrides, its directory)."""
-  return [(arm, k, seed_overrides(plans[arm.name], k), run_dir(workdir, arm, k))
+  overrides, its directory). In a string override, `{arms}` becomes this
+  workdir's arms directory and `{seed}` the seed index k, so an arm can name an
+  earlier arm's run of the same seed (experiments/distill.py: its teachers)."""
+  arms = os.path.join(workdir, "arms")
+  expand = lambda v, k: (v.replace("{arms}", arms).replace("{seed}", str(k))
+                         if isinstance(v, str) else v)
+  return [(arm, k, {key: expand(v, k) for key, v in seed_overrides(plans[arm.name], k).items()},
+           run_dir(workdir, arm, k))
           for arm in experiment.arms for k in range(experiment.seeds)]
 
 

@@ -318,7 +318,8 @@ def _pg19_books(builder, *args, **kwargs):
 
 @pytest.mark.parametrize("size", common.SIZES)
 @pytest.mark.parametrize("name", ["adversarial", "granularity", "hourglass", "megabyte",
-                                  "scaling", "spacebyte", "conditioning", "multitask"])
+                                  "scaling", "spacebyte", "conditioning", "multitask",
+                                  "distill"])
 def test_shipped_experiments_load_and_make_valid_configs(name, size):
   paired = name in ("conditioning", "multitask")   # targets of tens of bytes
   if paired and size == "long":
@@ -329,11 +330,14 @@ def test_shipped_experiments_load_and_make_valid_configs(name, size):
   plans = runner.planned_overrides(experiment)
   for arm in experiment.arms:
     config = runner.arm_config(arm, plans[arm.name])
+    # a student's teachers are runs of this experiment, not trained here: checked
+    # as for evaluation (test_distill refuses a missing teacher)
+    mode = "eval" if config.distill.teachers else "train"
     if size == "paper" and name != "conditioning":
       with tfds.testing.mock_data(as_data_source_fn=_pg19_books):
-        validate(config)
+        validate(config, mode)
     elif size != "paper":   # conditioning at paper size: COCO, which no test prepares
-      validate(config)
+      validate(config, mode)
     # a checkpoint at least every CHECKPOINT_STEPS steps; paper-size arms also by the clock
     assert config.checkpoint.every_steps <= min(config.train.steps, runner.CHECKPOINT_STEPS)
     assert (config.checkpoint.every_minutes > 0) == (size == "paper")
@@ -344,6 +348,19 @@ def test_shipped_experiments_load_and_make_valid_configs(name, size):
                               2 if size == "gpu" else 3)
   if size in common.MINUTES:   # what the size promises, by its estimate
     assert common.estimated_minutes(experiment, size) <= common.MINUTES[size]
+
+
+def test_arms_name_an_earlier_arms_run_of_the_same_seed(tmp_path):
+  """`{arms}` and `{seed}` in an override: the distilled student's seed k reads
+  the teachers' seed k, whose arms run before it."""
+  experiment = runner.load("experiments/distill.py:cpu")
+  todo = runner.runs(experiment, runner.planned_overrides(experiment), str(tmp_path))
+  order = [directory for _, _, _, directory in todo]
+  for arm, k, overrides, directory in todo:
+    for teacher in filter(None, overrides.get("distill.teachers", "").split(",")):
+      assert teacher.endswith(f"seed_{k}") and teacher in order
+      assert order.index(teacher) < order.index(directory)
+  assert sum(bool(o.get("distill.teachers")) for _, _, o, _ in todo) == experiment.seeds
 
 
 @pytest.mark.parametrize("name", ["granularity", "spacebyte"])
