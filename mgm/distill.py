@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from absl import logging
 
-from mgm import checkpoint, sharding
+from mgm import checkpoint, checksums, sharding
 from mgm.data import paired
 from mgm.errors import ConfigError, WorkdirError
 from mgm.model import spec as spec_lib
@@ -192,8 +192,8 @@ class Teachers:
 
 
 def _digest(params) -> str:
-  """sha256 of the per-array sums (checkpoint.checksums): one name for these values."""
-  return hashlib.sha256(json.dumps(checkpoint.checksums(params), sort_keys=True)
+  """sha256 of this process's shard sums (checksums.checksums): one name for these values."""
+  return hashlib.sha256(json.dumps(checksums.checksums(params), sort_keys=True)
                         .encode()).hexdigest()
 
 

@@ -119,6 +119,66 @@ def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=
   return total, {"loss": token_ce, "tokens": count, **aux}
 
 
+def mixture_loss_fn(params, model: LM, batch, tasks: tuple, label_smoothing: float = 0.0,
+                    totals=None):
+  """A task mixture's loss (mgm/data/mixture.py): L = sum_i lambda_i L_i + the
+  per-level auxiliary losses, L_i the token cross-entropy (smoothed as in
+  `loss_fn`) averaged over task i's target tokens. `tasks`: ((name, lambda_i),
+  ...) in the order of batch['task'] [B, 1]'s indices.
+
+  `totals` = (all tokens, per-task tokens [K]) of the whole global batch when this
+  batch is one micro-batch of it: every term is then this micro-batch's share of
+  the whole batch's value (sums over it divided by the whole batch's counts, the
+  auxiliary losses weighted by its share of tokens), so the shares and their
+  gradients add up exactly over micro-batches. Metrics: loss (plain CE over all
+  tokens), tokens, loss_<name> (plain L_i), tokens_<name>, aux_*, unit_overflow."""
+  logits, aux = model.apply({"params": params}, batch["tokens"], batch["mask"],
+                            return_aux=True, cond=conditioning(batch))
+  tokens, mask = batch["tokens"], batch["mask"]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)    # [B, T]
+  train_ce = ce
+  if label_smoothing:
+    labels = optax.smooth_labels(jax.nn.one_hot(tokens, logits.shape[-1]), label_smoothing)
+    train_ce = optax.softmax_cross_entropy(logits, labels)
+  onehot = jax.nn.one_hot(batch["task"][:, 0], len(tasks), dtype=jnp.float32)   # [B, K]
+  per_task = lambda x: jnp.einsum("bt,bk->k", x * mask, onehot)           # [K]
+  count, task_count = jnp.sum(mask), per_task(jnp.ones_like(ce))
+  all_count, all_task = (count, task_count) if totals is None else totals
+  den, share = jnp.maximum(all_task, 1.0), count / jnp.maximum(all_count, 1.0)
+  lam = jnp.asarray([w for _, w in tasks], jnp.float32)
+  total = jnp.sum(lam * per_task(train_ce) / den)
+  for i, level in enumerate(model.spec.levels):
+    if level.aux_loss:
+      total = total + level.aux_weight * share * aux[f"aux_{i}"]
+  plain = per_task(ce) / den
+  metrics = {"loss": jnp.sum(ce * mask) / jnp.maximum(all_count, 1.0), "tokens": count,
+             **{f"loss_{name}": plain[k] for k, (name, _) in enumerate(tasks)},
+             **{f"tokens_{name}": task_count[k] for k, (name, _) in enumerate(tasks)},
+             **{k: v if k == "unit_overflow" else share * v for k, v in aux.items()}}
+  return total, metrics
+
+
+def _mixture_grads(params, model: LM, batch, accum: int, tasks, label_smoothing):
+  """accumulated_grads of a task mixture: micro-batch shares (mixture_loss_fn) summed."""
+  grad_fn = jax.value_and_grad(functools.partial(
+      mixture_loss_fn, tasks=tasks, label_smoothing=label_smoothing), has_aux=True)
+  if accum == 1:
+    (total, metrics), grads = grad_fn(params, model, batch)
+    return total, metrics, grads
+  onehot = jax.nn.one_hot(batch["task"][:, 0], len(tasks), dtype=jnp.float32)
+  totals = (jnp.sum(batch["mask"]), jnp.einsum("bt,bk->k", batch["mask"], onehot))
+  micro = micro_batches(batch, accum)
+
+  def add(carry, one):
+    return jax.tree.map(jnp.add, carry, grad_fn(params, model, one, totals=totals)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(lambda: grad_fn(params, model, first, totals=totals))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  ((total, metrics), grads), _ = jax.lax.scan(add, zeros, micro)
+  return total, metrics, grads
+
+
 # Metrics that add up over micro-batches; the others are token-weighted means.
 SUMMED_METRICS = ("tokens", "unit_overflow")
 

@@ -154,7 +154,7 @@ def test_a_flat_student_learns_from_an_mgm3_teacher_and_resumes(teachers, tmp_pa
   # the student's checkpoint holds the student only; a resumed run reads the teacher again
   saved = checkpoint.read_only_manager(str(workdir / "checkpoints")).item_metadata(2)
   assert set(saved.state.tree) == {"step", "params", "opt_state", "skipped_steps",
-                                   "nonfinite_in_a_row"}
+                                   "nonfinite_in_a_row", "adversarial"}   # None: no discriminator
   config.train.steps = 3
   second = loop.run_mode(config, str(workdir), "train")
   assert second["steps"] == 3 and second["distill_teachers"] == first["distill_teachers"]

@@ -15,14 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_one_process_stops_after_a_signal_and_a_second_one_acts_at_once():
-  with Preemption() as preempt:
-    assert not preempt.reached(1)
-    os.kill(os.getpid(), signal.SIGINT)
-    assert preempt.reached(2) and preempt.signal == "SIGINT"
-    with pytest.raises(KeyboardInterrupt):
+  # Python's own SIGINT handler before, as in a foreground process (one started
+  # with `&` from a script inherits SIGINT ignored, and so would a second signal be)
+  prior = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with Preemption() as preempt:
+      assert not preempt.reached(1)
       os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(1)
-  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "handlers are put back"
+      assert preempt.reached(2) and preempt.signal == "SIGINT"
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "handlers are put back"
+  finally:
+    signal.signal(signal.SIGINT, prior)
 
 
 # Two processes in lockstep (a barrier per step, as a train step's collectives
