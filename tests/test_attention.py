@@ -6,7 +6,8 @@ causal attention for full spans longer than QUERY_CHUNK (a multiple of it: the
 `base` presets' 8,192 bytes); blockwise local attention for `window:W` spans with
 W < T and for `parent` spans whose longest unit is shorter than T; a dense
 unit-masked pass for shorter `parent` sequences; cuDNN on GPU (compared with XLA
-in test_compute.py). Each is compared here, in values and gradients, with
+in test_compute.py) and, with documents, Pallas's flash kernel with segment ids
+(here in interpret mode; on a GPU in test_compute.py). Each is compared here, in values and gradients, with
 `reference` below (scores, an explicit mask, softmax), written independently of
 mgm/nn/attention.py, at shapes that take the path (ragged lengths included), and
 checked causal by perturbing one key and value.
@@ -152,6 +153,32 @@ def test_blockwise_beyond_query_chunk_recomputes_blocks_and_equals_dense():
   fast = lambda q, k, v: attention.blockwise_causal_attention(q, k, v, doc_ids=doc_ids)
   slow = lambda q, k, v: reference(q, k, v, allowed(t, unit_ids=doc_ids))
   assert_same_values_and_gradients(fast, slow, q, k, v)
+
+
+# -- full span with documents on a GPU: Pallas flash attention with segment ids ------
+
+def test_segment_flash_attention_equals_dense_in_values_gradients_and_under_a_mesh():
+  """The GPU's path for packed documents (cuDNN, as jax exposes it, has no segment
+  ids), run here in Pallas's interpret mode: the same kernel, on the CPU. Two
+  forward blocks, documents crossing them; then split over a 2x2x2 mesh by rows
+  and heads through shard_map, as the logical rules place them."""
+  from flax import linen as nn
+  from jax.sharding import AxisType
+  t = 2 * attention.FLASH_BLOCK
+  q, k, v = qkv(t, b=4, n=2, h=8)
+  doc_ids = jnp.asarray(doc_ids_of(t, b=4) // 4)
+  fast = lambda q, k, v: attention.segment_flash_attention(q, k, v, doc_ids, interpret=True)
+  slow = lambda q, k, v: reference(q, k, v, allowed(t, unit_ids=doc_ids))
+  assert_same_values_and_gradients(fast, slow, q, k, v)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh), nn.logical_axis_rules((("batch", ("data", "fsdp")),
+                                                  ("heads", "tensor"))):
+    sharded = jax.jit(fast)(q, k, v)
+    with nn.logical_axis_rules((("length", "data"),)), pytest.raises(ValueError, match="sequence"):
+      jax.jit(lambda *a: fast(*a))(q, k, v)   # a new function: traced again
+  np.testing.assert_allclose(sharded, fast(q, k, v), atol=ATOL, rtol=0)
+  with pytest.raises(ValueError, match="multiple of"):
+    attention.segment_flash_attention(q[:, :100], k[:, :100], v[:, :100], doc_ids[:, :100])
 
 
 # -- full span, query-chunked (T > QUERY_CHUNK, T % QUERY_CHUNK == 0) ---------------

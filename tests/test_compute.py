@@ -19,6 +19,7 @@ from mgm.model import spec as spec_lib
 from mgm.model.lm import LM
 from mgm.nn.attention import fused_impl
 from mgm.data import pipeline
+from mgm.data.tokenizer import EOS
 from mgm.train import accumulated_grads, loss_fn, make_optimizer, make_train_step
 from mgm.workdir import check_and_save_config
 
@@ -168,6 +169,7 @@ def test_cudnn_attention_matches_xla_in_loss_and_gradients(model):
   for level in config.model.levels:
     level.update(width=128, heads=2)          # head dim 64, as in the presets
   tokens = np.random.default_rng(0).integers(0, 256, size=(4, 256)).astype(np.int32)
+  tokens[:, 37::50] = EOS     # packed documents: with them cuDNN's path runs Pallas's kernel
   results = []
   for impl in ("xla", "cudnn"):
     config.model.attention_impl = impl

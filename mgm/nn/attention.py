@@ -4,7 +4,9 @@ attention kernels the span kinds run (mgm/nn/span.py: full, parent, window).
 Packed documents (`doc_ids` [B, T], one id per document): every span is also
 restricted to the query's document, so documents packed in one row do not see
 each other (data.packing=document_mask). The restriction is a mask on the XLA
-paths; cuDNN's fused kernel is used only without it.
+paths. cuDNN's fused kernel, as jax exposes it, takes no segment ids, so on a
+GPU a full causal span with documents runs jax's Pallas (Triton) flash
+attention with segment ids instead (`segment_flash_attention`).
 
 Full causal spans run as one fused kernel where one exists: `attention_impl`
 'auto' picks cuDNN's flash attention on NVIDIA GPUs in bfloat16/float16 (memory
@@ -13,12 +15,15 @@ the keys up to their own block only: the masked upper blocks are never
 computed) and XLA's dense attention elsewhere; 'xla', 'cudnn' and 'blockwise'
 force one.
 """
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+from jax.sharding import PartitionSpec as P
 
 from mgm.nn.layers import Dtype, Linear, RMSNorm
 
@@ -54,13 +59,16 @@ def fused_impl(impl: str, dtype) -> str:
 
 def full_attention(q, k, v, impl: str = "auto", doc_ids=None):
   """Full causal attention [B, T, N, H] -> [B, T, N, H]: blockwise where `impl`
-  picks it; else cuDNN's fused kernel where it can run (no document mask),
-  chunked queries for long sequences, otherwise one XLA block; `doc_ids` [B, T]
-  keeps queries in their document."""
+  picks it; else, where `impl` picks cuDNN, cuDNN's fused kernel without
+  documents and the Pallas flash kernel with them (segment_flash_attention;
+  T a multiple of FLASH_BLOCK); else chunked queries for long sequences,
+  otherwise one XLA block; `doc_ids` [B, T] keeps queries in their document."""
   kernel = fused_impl(impl, q.dtype)
   if kernel == "blockwise":
     return blockwise_causal_attention(q, k, v, doc_ids=doc_ids)
   long = q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0
+  if doc_ids is not None and kernel == "cudnn" and q.shape[1] % FLASH_BLOCK == 0:
+    return segment_flash_attention(q, k, v, doc_ids)
   if doc_ids is not None:
     if long:
       return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=doc_ids)
@@ -70,6 +78,38 @@ def full_attention(q, k, v, impl: str = "auto", doc_ids=None):
   if long:
     return chunked_causal_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+FLASH_BLOCK = 128    # query and key block of segment_flash_attention's forward kernel
+
+
+def segment_flash_attention(q, k, v, segment_ids, interpret: bool = False):
+  """Causal flash attention within segments (FlashAttention, Dao et al. 2022,
+  §3: tiled online softmax, O(T) memory; keys of another segment are masked per
+  tile): q, k, v [B, T, N, H], segment_ids [B, T] int -> [B, T, N, H]. Runs
+  jax's Pallas Triton kernel (jax.experimental.pallas.ops.gpu.attention.mha,
+  NVIDIA GPUs; `interpret=True` runs the same kernel on any backend, for
+  tests). T must be a multiple of FLASH_BLOCK (ValueError otherwise).
+
+  Under a mesh (jax.set_mesh) the kernel runs per shard through shard_map: rows
+  and heads split as the logical rules place ('batch', 'heads'); a rule that
+  splits the sequence or the head dimension is refused (ValueError), since a
+  shard would then miss keys."""
+  if q.shape[1] % FLASH_BLOCK:
+    raise ValueError(f"segment_flash_attention needs T a multiple of {FLASH_BLOCK}, "
+                     f"got T={q.shape[1]}")
+  kernel = functools.partial(pallas_attention.mha, sm_scale=1.0 / math.sqrt(q.shape[-1]),
+                             causal=True, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(q, k, v, segment_ids)
+  batch, length, heads, kv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+  if length is not None or kv is not None:
+    raise ValueError("segment_flash_attention runs per shard of rows and heads; the mesh "
+                     f"rules split the sequence ({length}) or head dimension ({kv})")
+  rows = P(batch, None, heads, None)
+  return jax.shard_map(lambda *a: kernel(*a), in_specs=(rows, rows, rows, P(batch, None)),
+                       out_specs=rows, check_vma=False)(q, k, v, segment_ids)
 
 
 def masked_attention(q, k, v, ids):
