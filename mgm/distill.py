@@ -19,13 +19,18 @@ are added to it as without distillation):
   L = (1 - alpha) CE(x, p_S) + alpha tau^2 KL(p_T || p_S)
   p_S = softmax(z_S / tau),  p_T = (1 / K) sum_k softmax(z_k / tau)
 
+In a task mixture (data.tasks) each task's loss is blended so, over its own
+target tokens, and L = sum_i lambda_i L_i (train.mixture_loss_fn). Teachers
+there are plain text models (no encoders, no tasks), which read every row's
+target as text, or models trained on the student's own data.tasks (same names,
+same order), which read each row's task and inputs as the student does.
+
 p_T is the ensemble's mean distribution (of probabilities, not of logits);
 tau^2 keeps the soft term's gradients on the scale of the hard term's as tau
 grows (Hinton et al.). metrics['distill_kl'] is KL(p_T || p_S) in nats per
 token; metrics['loss'] stays the plain cross-entropy.
 """
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -37,7 +42,7 @@ import ml_collections as mlc
 from absl import logging
 
 from mgm import checkpoint, checksums, sharding
-from mgm.data import paired
+from mgm.data import mixture, paired
 from mgm.errors import ConfigError, WorkdirError
 from mgm.model import spec as spec_lib
 from mgm.model.lm import LM, conditioning
@@ -116,14 +121,34 @@ def check_config(config, teachers: bool = True) -> list:
     if not _has_step(path):
       _refuse(path, "holds no checkpoint step (a directory N/ in its checkpoints/); "
               "train it first, or name another run")
+    _check_tasks(path, cfg, spec, config.data)
     _check_inputs(path, spec, config.data)
     found.append((path, cfg, spec))
   return found
 
 
+def _check_tasks(path, cfg, spec, data):
+  """A teacher with tasks knows the student's data.tasks (names, in order); in a
+  mixture, a teacher without tasks has no encoders (on the rows of a task
+  without its input it would read filler as if it were one)."""
+  student = mixture.names(data)
+  teacher = tuple(t["name"] for t in cfg.data.get("tasks", None) or ())   # saved: dicts
+  if spec.num_tasks or teacher:
+    if teacher != student:
+      _refuse(path, f"was trained on the tasks {list(teacher)} and the student's data.tasks "
+              f"are {list(student)}; a teacher with tasks must know the student's, in the "
+              "same order")
+  elif student and spec.encoders:
+    _refuse(path, "has encoders but no tasks, and in the student's task mixture it would "
+            "read filler inputs on the rows of tasks without them; use a teacher trained "
+            "on the same data.tasks, or one without encoders")
+
+
 def _check_inputs(path, spec, data):
   """A conditioned teacher reads what the student's batches hold, of its shape."""
-  have = paired.inputs(data) if spec.encoders and paired.is_paired(data) else ()
+  have = () if not spec.encoders else (
+      mixture.inputs(data) if mixture.is_mixture(data) else
+      paired.inputs(data) if paired.is_paired(data) else ())
   for e in spec.encoders:
     name = e.encoder_kind.input
     if name not in have:
@@ -143,10 +168,10 @@ class Distill:
   alpha: float
   temperature: float
 
-  def bind(self, teacher_params):
-    """(loss, logits, batch, unit overflow) -> (loss, metrics) of these
-    teachers' parameters: what train.loss_fn applies to its token loss."""
-    return functools.partial(self.term, teacher_params)
+  def bind(self, teacher_params) -> "Bound":
+    """This term with these teachers' parameters: what train.loss_fn and
+    train.mixture_loss_fn apply."""
+    return Bound(self, teacher_params)
 
   def teacher_probs(self, teacher_params, batch):
     """p_T [B, T, V] (float32, the mean of the teachers' softmax(z / tau)) and the
@@ -159,22 +184,39 @@ class Distill:
       overflow = overflow + out["seg"].overflow
     return jax.lax.stop_gradient(probs / len(self.models)), overflow
 
-  def term(self, teacher_params, loss, logits, batch, overflow):
-    """(1 - alpha) loss + alpha tau^2 KL(p_T || p_S); metrics distill_kl and the
-    unit overflow plus the teachers'."""
-    probs, teacher_overflow = self.teacher_probs(teacher_params, batch)
-    kl = kl_divergence(probs, logits, batch["mask"], self.temperature)
-    total = (1.0 - self.alpha) * loss + self.alpha * self.temperature ** 2 * kl
-    return total, {"distill_kl": kl, "unit_overflow": overflow + teacher_overflow}
+  def blend(self, hard, kl):
+    """(1 - alpha) hard + alpha tau^2 kl (any matching shapes)."""
+    return (1.0 - self.alpha) * hard + self.alpha * self.temperature ** 2 * kl
 
 
-def kl_divergence(teacher_probs, student_logits, mask, temperature: float):
-  """Masked mean over tokens of KL(p_T || softmax(z_S / tau)) in nats:
-  sum_v p_T (log p_T - log p_S), with 0 log 0 = 0. [B, T, V], [B, T, V], [B, T] -> []."""
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """A Distill with its teachers' parameters (Distill.bind)."""
+  distill: Distill
+  params: tuple
+
+  def __call__(self, loss, logits, batch, overflow):
+    """(1 - alpha) loss + alpha tau^2 KL(p_T || p_S) over the batch's mask; metrics
+    distill_kl and the unit overflow plus the teachers'. `loss` is the mean
+    hard loss [], `logits` the student's [B, T, V]."""
+    kl, teacher_overflow = self.token_kl(logits, batch)
+    mask = batch["mask"]
+    kl = jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return self.distill.blend(loss, kl), {"distill_kl": kl,
+                                          "unit_overflow": overflow + teacher_overflow}
+
+  def token_kl(self, logits, batch):
+    """(KL(p_T || p_S) of every position [B, T] in nats, the teachers' unit overflow)."""
+    probs, overflow = self.distill.teacher_probs(self.params, batch)
+    return kl_per_token(probs, logits, self.distill.temperature), overflow
+
+
+def kl_per_token(teacher_probs, student_logits, temperature: float):
+  """KL(p_T || softmax(z_S / tau)) at every position in nats: sum_v p_T (log p_T -
+  log p_S), with 0 log 0 = 0. [B, T, V], [B, T, V] -> [B, T]."""
   log_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-  per_token = jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs)
-                      - teacher_probs * log_student, axis=-1)
-  return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs)
+                 - teacher_probs * log_student, axis=-1)
 
 
 @dataclasses.dataclass

@@ -120,11 +120,13 @@ def loss_fn(params, model: LM, batch, label_smoothing: float = 0.0, adversarial=
 
 
 def mixture_loss_fn(params, model: LM, batch, tasks: tuple, label_smoothing: float = 0.0,
-                    totals=None):
+                    totals=None, distill=None):
   """A task mixture's loss (mgm/data/mixture.py): L = sum_i lambda_i L_i + the
   per-level auxiliary losses, L_i the token cross-entropy (smoothed as in
   `loss_fn`) averaged over task i's target tokens. `tasks`: ((name, lambda_i),
-  ...) in the order of batch['task'] [B, 1]'s indices.
+  ...) in the order of batch['task'] [B, 1]'s indices. With `distill` (a bound
+  mgm/distill.py term) L_i = (1 - alpha) CE_i + alpha tau^2 KL_i, both over task
+  i's target tokens; metrics gain distill_kl (over all tokens).
 
   `totals` = (all tokens, per-task tokens [K]) of the whole global batch when this
   batch is one micro-batch of it: every term is then this micro-batch's share of
@@ -146,6 +148,11 @@ def mixture_loss_fn(params, model: LM, batch, tasks: tuple, label_smoothing: flo
   all_count, all_task = (count, task_count) if totals is None else totals
   den, share = jnp.maximum(all_task, 1.0), count / jnp.maximum(all_count, 1.0)
   lam = jnp.asarray([w for _, w in tasks], jnp.float32)
+  if distill is not None:
+    kl, teacher_overflow = distill.token_kl(logits, batch)               # [B, T]
+    train_ce = distill.distill.blend(train_ce, kl)
+    aux = {**aux, "unit_overflow": aux["unit_overflow"] + teacher_overflow,
+           "distill_kl": jnp.sum(kl * mask) / jnp.maximum(count, 1.0)}
   total = jnp.sum(lam * per_task(train_ce) / den)
   for i, level in enumerate(model.spec.levels):
     if level.aux_loss:
@@ -158,10 +165,11 @@ def mixture_loss_fn(params, model: LM, batch, tasks: tuple, label_smoothing: flo
   return total, metrics
 
 
-def _mixture_grads(params, model: LM, batch, accum: int, tasks, label_smoothing):
+def _mixture_grads(params, model: LM, batch, accum: int, tasks, label_smoothing, distill):
   """accumulated_grads of a task mixture: micro-batch shares (mixture_loss_fn) summed."""
   grad_fn = jax.value_and_grad(functools.partial(
-      mixture_loss_fn, tasks=tasks, label_smoothing=label_smoothing), has_aux=True)
+      mixture_loss_fn, tasks=tasks, label_smoothing=label_smoothing, distill=distill),
+      has_aux=True)
   if accum == 1:
     (total, metrics), grads = grad_fn(params, model, batch)
     return total, metrics, grads
@@ -209,10 +217,10 @@ def accumulated_grads(params, model: LM, batch, accum: int, label_smoothing: flo
   `adversarial` (AdversarialSpec, discriminator params, key): the gradients are
   (the model's, the discriminator's); every micro-batch draws its Gumbel noise
   from the same key (its rows differ). `tasks` ((name, lambda_i), ...): a task
-  mixture's loss (mixture_loss_fn; validation refuses it with `adversarial` or
-  `distill`). `distill`: the teachers' term bound to their parameters (loss_fn)."""
+  mixture's loss (mixture_loss_fn; validation refuses it with `adversarial`).
+  `distill`: the teachers' term bound to their parameters (loss_fn)."""
   if tasks:
-    return _mixture_grads(params, model, batch, accum, tasks, label_smoothing)
+    return _mixture_grads(params, model, batch, accum, tasks, label_smoothing, distill)
 
   def objective(trainable, one):
     if adversarial is None:

@@ -191,9 +191,6 @@ def _validate_tasks(config, spec) -> bool:
   if config.adversarial.weight:
     raise ConfigError("adversarial.weight", "the adversarial term is not built for task "
                       "mixtures (data.tasks); set it to 0 or train one task")
-  if config.distill.teachers:
-    raise ConfigError("distill.teachers", "distillation is not built for task mixtures "
-                      "(data.tasks); unset it or train one task")
   for field in ("eval.continuations", "sample.image", "sample.source", "sample.source_file"):
     if get(config, field):
       raise ConfigError(field, "is not supported with data.tasks (a task mixture samples "

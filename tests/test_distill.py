@@ -7,7 +7,10 @@ that is its teacher (tau = 1) has a zero KL term and gradient; the ensemble's
 KL equals a numpy computation over averaged probabilities; a flat student
 learns from an mgm3 teacher through run_mode (and resumes re-reading it);
 unusable teachers are refused naming distill.teachers before anything is
-written; a sharded step with a teacher equals the one-device step.
+written; a sharded step with a teacher equals the one-device step. Within a
+task mixture: the total is sum_i lambda_i of each task's blended loss computed
+on its own rows, two micro-batches equal one pass, a 2x2x2 mesh step equals the
+one-device step, and teachers that do not know the student's tasks are refused.
 """
 import json
 import shutil
@@ -234,3 +237,98 @@ def test_a_sharded_step_with_a_teacher_equals_the_one_device_step(teachers, batc
     np.testing.assert_allclose(float(metrics[key]), float(ref[key]), rtol=1e-5, atol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                state.params, ref_state.params)
+
+
+# -- distillation within a task mixture ----------------------------------------
+
+def mixture_student(teacher_runs: str, alpha=0.5, temperature=2.0):
+  """A tiny conditioned student on lm + copy (weights 0.5 and 2) distilled from
+  `teacher_runs` (comma-separated)."""
+  from test_mixture import task, text_config
+  c = text_config([task("lm", "synthetic", weight=0.5), task("copy", "copy", weight=2.0)])
+  c.distill.update(teachers=teacher_runs, alpha=alpha, temperature=temperature)
+  return c
+
+
+def mixture_batches(config, count):
+  data = pipeline.make_dataset(config.data, "train", batch_size=config.train.batch_size, seed=1)
+  return [jax.tree.map(jnp.asarray, b) for _, b in zip(range(count), data)]
+
+
+def test_in_a_mixture_each_task_blends_its_own_tokens_and_the_total_is_their_weighted_sum(
+    teachers):
+  """L = sum_i lambda_i [(1 - alpha) CE_i + alpha tau^2 KL_i], each task's terms over
+  its own rows computed on their own by loss_fn; two micro-batches give the same
+  loss, metrics and gradient as one pass."""
+  from mgm.data import mixture
+  from mgm.train import accumulated_grads, mixture_loss_fn
+  config = mixture_student(f"{teachers['flat']},{teachers['mgm3']}")
+  setup = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  term = setup.teachers.distill.bind(setup.teachers.params)
+  model, params, tasks = setup.model, setup.state.params, mixture.loss_tasks(config.data)
+  batch = mixture_batches(config, 1)[0]
+  total, metrics = jax.jit(lambda p, b: mixture_loss_fn(p, model, b, tasks, distill=term))(
+      params, batch)
+  expected = 0.0
+  for index, (name, weight) in enumerate(tasks):
+    rows = np.flatnonzero(np.asarray(batch["task"][:, 0]) == index)
+    assert 0 < len(rows) < len(batch["task"]), name
+    alone, alone_metrics = loss_fn(params, model, jax.tree.map(lambda x: x[rows], batch),
+                                   distill=term)
+    assert float(alone_metrics["distill_kl"]) > 0
+    expected += weight * float(alone)
+  np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+  run = jax.jit(lambda p, b, accum: accumulated_grads(p, model, b, accum, tasks=tasks,
+                                                      distill=term), static_argnums=2)
+  (one, one_metrics, one_grads), (two, two_metrics, two_grads) = run(params, batch, 1), \
+      run(params, batch, 2)
+  np.testing.assert_allclose(float(two), float(one), rtol=1e-5)
+  for key in ("loss", "distill_kl", "loss_lm", "loss_copy"):
+    np.testing.assert_allclose(float(two_metrics[key]), float(one_metrics[key]), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               two_grads, one_grads)
+
+
+def test_a_sharded_mixture_step_with_teachers_equals_the_one_device_step(teachers):
+  config = mixture_student(f"{teachers['flat']},{teachers['mgm3']}")
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  sharded = Setup.create(config, mesh=sharding.make_mesh(config.mesh), teachers=True)
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  single = Setup.create(config, mesh=one_device_mesh(config), teachers=True)
+  batches = mixture_batches(config, 2)
+  (state, metrics), (ref_state, ref) = steps(sharded, batches), steps(single, batches)
+  assert float(metrics["distill_kl"]) > 0 and int(metrics["skipped_steps"]) == 0
+  for key in ("loss", "distill_kl", "total_loss", "loss_lm", "loss_copy"):
+    np.testing.assert_allclose(float(metrics[key]), float(ref[key]), rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               state.params, ref_state.params)
+
+
+def _fake_run(tmp_path, name, config):
+  run = tmp_path / name
+  check_and_save_config(str(run), config)
+  (run / "checkpoints" / "1").mkdir(parents=True)
+  return str(run)
+
+
+@pytest.mark.parametrize("case", ["captioner without tasks", "other tasks",
+                                  "a mixture's teacher for a one-task student"])
+def test_a_teacher_that_does_not_fit_the_student_s_tasks_is_refused(case, teachers, tmp_path):
+  from configs.caption import get_config as caption_config
+  student = mixture_student(teachers["flat"])
+  if case == "captioner without tasks":
+    path, problem = _fake_run(tmp_path, "captioner", caption_config("tiny")), "encoders but no tasks"
+  elif case == "other tasks":
+    other = mixture_student("")
+    other.data.tasks[1].name = "echo"
+    path, problem = _fake_run(tmp_path, "other", other), "['lm', 'echo']"
+  else:
+    path, problem = _fake_run(tmp_path, "mixture", mixture_student("")), "['lm', 'copy']"
+    student = tiny()
+  student.distill.teachers = f"{teachers['flat']},{path}"
+  workdir = tmp_path / "student"
+  with pytest.raises(ConfigError) as error:
+    loop.run_mode(student, str(workdir), "train")
+  assert error.value.field == "distill.teachers" and path in str(error.value)
+  assert problem in str(error.value), str(error.value)
+  assert not workdir.exists(), "a refused run writes nothing"
