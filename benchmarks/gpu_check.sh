@@ -10,7 +10,7 @@
 #   SIZE=tiny OUT=/tmp/cpu bash benchmarks/gpu_check.sh  # a smoke test of the script on a CPU
 #
 # Writes $OUT/probe.txt (the device, jax's view of it, and a bf16 matmul probe:
-# the ceiling the hardware gives XLA), $OUT/mfu.jsonl (one JSON line per run),
+# the ceiling the hardware gives XLA), $OUT/gpu_tests.txt, $OUT/mfu.jsonl (one JSON line per run),
 # $OUT/profile_<model>.md and $OUT/log.txt. The most wanted runs go first; a
 # run that fails is named in the log and the others go on; each is held to
 # RUN_TIMEOUT seconds.
@@ -31,6 +31,10 @@ for n in (4096, 8192):
   print(f"probe: bf16 matmul {n}^3 via XLA: {2 * n**3 / s / 1e12:.1f} TFLOP/s")
 PY
 nvidia-smi >> "$out/probe.txt" 2>&1 || true
+# The GPU-only tests first: cuDNN (and, with packed documents, Pallas's flash
+# kernel) against XLA in loss and gradients (tests/conftest.py defaults to CPU).
+[ "$size" = base ] && JAX_PLATFORMS=cuda timeout "$limit" "$python" -m pytest -q \
+    -p no:cacheprovider tests/test_compute.py -k cudnn > "$out/gpu_tests.txt" 2>&1
 batch=$([ "$size" = base ] && echo 8 || echo 2)
 mfu() {   # mfu NAME MODEL [PROFILE] [--config.overrides...]
   local name=$1 model=$2 profile=$3 flags=${XLA_FLAGS:-}; shift 3
