@@ -18,7 +18,7 @@ matplotlib.use("Agg")   # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from mgm import significance  # noqa: E402
+from mgm import runner, significance  # noqa: E402
 
 COLUMNS = ("params", "steps", "train_flops", "tokens_per_sec", "mfu", "peak_flops", "wall_s",
            "unigram_bpb", "entropy_floor_bpb")
@@ -63,28 +63,29 @@ def _stats(row: dict, metric: str) -> tuple:
 
 def orderings(experiment, rows) -> list[dict]:
   """Each ordering the paper reports, judged on our rows: {'better', 'worse',
-  'verdict' (significance.VERDICTS, or 'not recorded' when an arm has no row),
-  'difference' (worse - better mean), 'se'}."""
-  by_name, metric = {r["arm"]: r for r in rows}, experiment.metric
+  'metric' (runner.ordering_metric), 'verdict' (significance.VERDICTS, or 'not
+  recorded' when an arm has no row), 'difference' (worse - better mean), 'se'}."""
+  by_name = {r["arm"]: r for r in rows}
   judged = []
-  for better, worse in experiment.orderings:
+  for ordering in experiment.orderings:
+    better, worse, metric = *ordering[:2], runner.ordering_metric(experiment, ordering)
     b, w = by_name.get(better), by_name.get(worse)
+    base = {"better": better, "worse": worse, "metric": metric}
     if b is None or w is None or b.get(metric) is None or w.get(metric) is None:
-      judged.append({"better": better, "worse": worse, "verdict": "not recorded",
-                     "difference": None, "se": None})
+      judged.append({**base, "verdict": "not recorded", "difference": None, "se": None})
       continue
     sb, sw = _stats(b, metric), _stats(w, metric)
-    judged.append({"better": better, "worse": worse, "verdict": significance.verdict(sb, sw),
+    judged.append({**base, "verdict": significance.verdict(sb, sw),
                    "difference": sw[0] - sb[0], "se": significance.standard_error(sb, sw)})
   return judged
 
 
 def ordering_lines(experiment, rows) -> list[str]:
   """Each ordering the paper reports, with its numbers and our verdict."""
-  by_name, metric = {r["arm"]: r for r in rows}, experiment.metric
+  by_name = {r["arm"]: r for r in rows}
   lines = []
   for o in orderings(experiment, rows):
-    b, w = by_name.get(o["better"], {}), by_name.get(o["worse"], {})
+    b, w, metric = by_name.get(o["better"], {}), by_name.get(o["worse"], {}), o["metric"]
     paper = (f"paper {_num(b['paper'])} < {_num(w['paper'])}"
              if b.get("paper") is not None and w.get("paper") is not None
              else "paper: stated in text")
@@ -92,7 +93,8 @@ def ordering_lines(experiment, rows) -> list[str]:
     if o["difference"] is not None:
       ours = (f": ours {_mean_std(b, metric)} vs {_mean_std(w, metric)}, difference "
               f"{o['difference']:+.4f}" + (f" (2 SE {2 * o['se']:.4f})" if o["se"] else ""))
-    lines.append(f"- {o['better']} better than {o['worse']} ({paper}){ours}, "
+    on = "" if metric == experiment.metric else f" in {metric}"
+    lines.append(f"- {o['better']} better than {o['worse']}{on} ({paper}){ours}, "
                  f"**{o['verdict']}**")
   return lines
 

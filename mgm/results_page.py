@@ -69,10 +69,11 @@ def experiment_section(name: str, folder: str, root: str) -> tuple[list[str], di
     status = o["verdict"]
     if status == "one seed: no test":
       b, w = by_name[o["better"]], by_name[o["worse"]]
-      order = "in the claimed order" if b[experiment.metric] < w[experiment.metric] else \
+      order = "in the claimed order" if b[o["metric"]] < w[o["metric"]] else \
               "in the opposite order"
       status += f" (the single runs are {order})"
-    lines.append(f"- {o['better']} better than {o['worse']}: **{status}**")
+    on = "" if o["metric"] == experiment.metric else f" in {o['metric']}"
+    lines.append(f"- {o['better']} better than {o['worse']}{on}: **{status}**")
   if not judged:
     lines.append("- no ordering claimed (the table's point is the ranking itself)")
   counts = {v: sum(o["verdict"] == v for o in judged) for v in {o["verdict"] for o in judged}}

@@ -63,11 +63,17 @@ class Experiment:
   extra_metrics: tuple[str, ...] = ()   # more summary.json fields as columns (e.g. 'chrf')
   evals: int = 4                  # evaluations per arm (points on the loss curve)
   paper_metric: str = ""          # what Arm.paper is: 'bits/byte, arXiv (Table 10)'
-  orderings: tuple[tuple[str, str], ...] = ()   # (better, worse) arm pairs the paper reports
+  orderings: tuple[tuple[str, ...], ...] = ()   # (better, worse[, metric]) arm pairs the
+                                  # paper reports, judged on `metric` (default: the table's)
   notes: str = ""
   seeds: int = 1                  # runs per arm: config.seed = the arm's seed + 0..seeds-1
   baseline: str = ""              # the series model others' fitted curves are compared to
                                   # (mgm/scaling_report.py: crossover budgets)
+
+
+def ordering_metric(experiment: Experiment, ordering: tuple) -> str:
+  """The metric an ordering (better, worse[, metric]) is judged on."""
+  return ordering[2] if len(ordering) == 3 else experiment.metric
 
 
 def load(experiment_path: str) -> Experiment:
@@ -104,10 +110,17 @@ def check(experiment: Experiment):
     raise ConfigError("seeds", f"{experiment.seeds!r}; a whole number of runs per arm, >= 1")
   if experiment.match not in MATCHES:
     raise ConfigError("match", f"{experiment.match!r}; one of {MATCHES}")
-  for better, worse in experiment.orderings:
-    for name in (better, worse):
+  for ordering in experiment.orderings:
+    if len(ordering) not in (2, 3):
+      raise ConfigError("orderings", f"{ordering!r}; each is (better arm, worse arm) or "
+                        "(better arm, worse arm, metric)")
+    for name in ordering[:2]:
       if name not in names:
         raise ConfigError("orderings", f"{name!r} is not an arm of {experiment.name!r}")
+    metric = ordering_metric(experiment, ordering)
+    if metric not in (experiment.metric, *experiment.extra_metrics):
+      raise ConfigError("orderings", f"{ordering!r} judges {metric!r}, which is not a column "
+                        "of the table; add it to extra_metrics")
   check_budgets(experiment)
 
 

@@ -12,12 +12,14 @@ from mgm.runner import Arm, Experiment
 def get_experiment(size="cpu"):
   arms = tuple(Arm(n, "configs/lm.py:tiny") for n in ("a", "b", "c", "d"))
   return Experiment(name="x", title="Constructed", arms=arms, seeds=3,
-                    orderings=(("a", "b"), ("b", "a"), ("a", "c"), ("a", "d")))
+                    extra_metrics=("eval_bpb_lm",),
+                    orderings=(("a", "b"), ("b", "a"), ("a", "c"), ("a", "d"),
+                               ("b", "a", "eval_bpb_lm")))
 '''
 # a 2.0 ± 0.1 (3 seeds); b 2.5 ± 0.1: 0.5 apart, 2 SE = 0.163; c 2.05 ± 0.1: 0.05
-# apart; d has no row
-CSV = ("arm,eval_bpb,eval_bpb_std,seeds,paper\n"
-       "a,2.0,0.1,3,\nb,2.5,0.1,3,\nc,2.05,0.1,3,\n")
+# apart; d has no row. On eval_bpb_lm the order turns: b 1.0 ± 0.1 below a 1.5 ± 0.1.
+CSV = ("arm,eval_bpb,eval_bpb_std,eval_bpb_lm,eval_bpb_lm_std,seeds,paper\n"
+       "a,2.0,0.1,1.5,0.1,3,\nb,2.5,0.1,1.0,0.1,3,\nc,2.05,0.1,,,3,\n")
 LEGACY_CSV = "arm,eval_bpb,paper\na,2.0,\nb,1.9,\n"   # before seeds: one run per arm
 
 
@@ -46,10 +48,11 @@ def test_constructed_results_are_judged(tmp_path):
   assert "- b better than a: **reversed**" in text
   assert "- a better than c: **within noise**" in text
   assert "- a better than d: **not recorded**" in text
+  assert "- b better than a in eval_bpb_lm: **holds**" in text   # judged on its own metric
   # y: one run per arm, b below a: no test, the single runs' order said
   assert ("- a better than b: **one seed: no test (the single runs are in the opposite "
           "order)**") in text
-  assert ("| [x](#x) | cpu | 3 | gpu: NVIDIA H200 x1 | 2026-11-30 | 1 holds, 1 not recorded, "
+  assert ("| [x](#x) | cpu | 3 | gpu: NVIDIA H200 x1 | 2026-11-30 | 2 holds, 1 not recorded, "
           "1 reversed, 1 within noise |") in text
   assert "    python launch.py --experiment=experiments/x.py:cpu --workdir=runs/x" in text
   assert "| z | | | | | no results recorded yet |" in text

@@ -243,6 +243,8 @@ def test_dry_run_commands_build_the_same_configs(tmp_path, capsys, monkeypatch):
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),), seeds=0)", "seeds"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),),"
      " orderings=(('a', 'b'),))", "orderings"),
+    ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny'),"
+     " Arm('b', 'configs/lm.py:tiny')), orderings=(('a', 'b', 'bleu'),))", "orderings"),
     ("return Experiment('x', 'x', arms=(Arm('a', 'configs/lm.py:tiny',"
      " {'model.levels[0].nope': 1}),))", "a: model.levels[0].nope"),
 ])
