@@ -47,6 +47,7 @@ mfu() {   # mfu NAME MODEL [PROFILE] [--config.overrides...]
       "--config=configs/lm.py:model=$model,size=$size" --config.train.batch_size=$batch \
       ${profile:+--profile="$out/profile_$name.md"} "$@" >> "$out/log.txt" 2>&1 \
       || echo "gpu_check: FAILED $name" | tee -a "$out/log.txt" >&2
+  rm -rf "$out/profile_$name.md.trace"   # summarised; the raw trace stays on the machine
 }
 mfu flat flat 1
 mfu megabyte megabyte 1

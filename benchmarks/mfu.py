@@ -10,14 +10,13 @@ the datasheet peak of the devices; `executed_tflops_per_sec` counts what the
 kernels run (full attention squares), as XLA's cost analysis does.
 
 `--profile=FILE` then traces two more steps with jax.profiler (in the same
-process, so the step is compiled once) and writes their summary by op
-(benchmarks/profile_summary.py) to FILE as Markdown.
+process, so the step is compiled once) into FILE.trace/ and writes their
+summary by op (benchmarks/profile_summary.py) to FILE as Markdown.
 """
 import datetime
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -49,19 +48,25 @@ def time_steps(setup: Setup, state, batch, steps: int):
   return (time.perf_counter() - start) / steps, state
 
 
-def profile_steps(setup: Setup, state, batch, path: str, header: str, steps: int = 2):
-  """Traces `steps` train steps into a temporary directory and writes the trace's
-  summary by op (profile_summary.format_summary) to `path`, under `header`."""
-  with tempfile.TemporaryDirectory() as directory:
-    jax.block_until_ready(state)
-    jax.profiler.start_trace(directory)
-    for _ in range(steps):
-      state, metrics = setup.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    jax.profiler.stop_trace()
-    summary = profile_summary.format_summary(profile_summary.summarize(directory), top=15)
+def profile_steps(setup: Setup, state, batch, path: str, record: dict, steps: int = 2):
+  """Traces `steps` train steps into `path`.trace/ and writes the trace's summary
+  by op (profile_summary.format_summary) to `path`, under a heading naming the
+  run (`record`, the MFU line, in full below it)."""
+  directory = path + ".trace"
+  jax.block_until_ready(state)
+  jax.profiler.start_trace(directory)
+  for _ in range(steps):
+    state, metrics = setup.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  jax.profiler.stop_trace()
+  summary = profile_summary.format_summary(profile_summary.summarize(directory), top=15)
+  r = record
+  title = (f"# Profile: {len(r['widths'])} level(s) {r['widths']} x {r['depths']}, batch "
+           f"{r['batch']} x {r['seq_len']}, {r['dtype']}, {r['attention_impl']} attention, "
+           f"on {r['devices']} x {r['device']}")
   with open(path, "w", encoding="utf-8") as f:
-    f.write(f"{header}\n\n{steps} traced train steps\n\n{summary}\n")
+    f.write(f"{title}\n\n{r['step_s']} s a step, MFU {r['mfu']:.1%} ({r['date']}); "
+            f"{steps} more steps traced.\n\n```json\n{json.dumps(r)}\n```\n\n{summary}\n")
 
 
 def main(argv):
@@ -91,7 +96,8 @@ def main(argv):
       "tflops_per_sec": round(speed["tflops_per_sec"], 3), "mfu": round(speed["mfu"], 4),
       "executed_tflops_per_sec": round(tokens_per_sec * executed / 1e12, 3),
       "peak_tflops": flops.peak_flops() / 1e12,
-      "peak_memory_gib": round(memory.get("peak_bytes_in_use", 0) / 2**30, 2),
+      "peak_memory_gib": (round(memory["peak_bytes_in_use"] / 2**30, 2)
+                          if "peak_bytes_in_use" in memory else None),   # None: not reported (CPU)
       "wall_s": round(time.perf_counter() - start, 1)}
   line = json.dumps(record)
   print(line, flush=True)
@@ -99,7 +105,7 @@ def main(argv):
     with open(_OUT.value, "a", encoding="utf-8") as f:
       f.write(line + "\n")
   if _PROFILE.value:
-    profile_steps(setup, state, batch, _PROFILE.value, f"# profile of\n\n{line}")
+    profile_steps(setup, state, batch, _PROFILE.value, record)
   return 0
 
 

@@ -53,26 +53,40 @@ FIELD = "distill.teachers"
 
 
 def teacher_paths(config) -> list[str]:
-  """The teachers named by `distill.teachers` ([] when it is '' : off)."""
+  """The teachers named by `distill.teachers` ([] when it is '' : off);
+  ConfigError for a list with an empty entry (',', 'a,,b')."""
   text = config.get("distill", {}).get("teachers", "")
-  return [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else []
+  if not isinstance(text, str) or not text.strip():
+    return []
+  paths = [p.strip() for p in text.split(",")]
+  if not all(paths):
+    raise ConfigError(FIELD, f"{text!r} has an empty entry; give comma-separated run "
+                      "directories, or '' for no distillation")
+  return paths
 
 
 def _refuse(path: str, problem: str):
   raise ConfigError(FIELD, f"teacher {path!r}: {problem}")
 
 
+FORMS = "a trained run's workdir, its checkpoints/ directory or one step checkpoints/N"
+
+
 def _run_dir(path: str) -> str:
-  """The workdir holding `path`'s config.json: `path` itself, or the workdir of
-  its checkpoints/ directory or of one step directory in it."""
+  """The workdir of `path`, one of FORMS: the directory holding config.json."""
   path = os.path.abspath(os.path.expanduser(path)).rstrip("/")
   if not os.path.isdir(path):
-    _refuse(path, "is not a directory; give a trained run's workdir (or its checkpoints/ "
-            "directory, or one step directory in it)")
-  for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    _refuse(path, f"is not a directory; give {FORMS}")
+  parent = os.path.dirname(path)
+  candidates = [path]
+  if os.path.basename(path) == "checkpoints":
+    candidates.append(parent)
+  elif os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
+    candidates.append(os.path.dirname(parent))
+  for candidate in candidates:
     if os.path.isfile(os.path.join(candidate, "config.json")):
       return candidate
-  _refuse(path, "has no config.json (nor its parent run): it is not a trained mgm run; "
+  _refuse(path, f"is not {FORMS} (no config.json where one of those would have it); "
           "point it at one")
 
 

@@ -88,7 +88,7 @@ def ordering_lines(experiment, rows) -> list[str]:
     b, w, metric = by_name.get(o["better"], {}), by_name.get(o["worse"], {}), o["metric"]
     paper = (f"paper {_num(b['paper'])} < {_num(w['paper'])}"
              if b.get("paper") is not None and w.get("paper") is not None
-             else "paper: stated in text")
+             else "paper: stated in text" if experiment.paper_metric else "claimed, no number")
     ours = ""
     if o["difference"] is not None:
       ours = (f": ours {_mean_std(b, metric)} vs {_mean_std(w, metric)}, difference "
@@ -148,9 +148,11 @@ def markdown(experiment, rows, command_line: str) -> str:
     lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
   claims = ordering_lines(experiment, rows)
   if claims:
-    lines += ["", "Orderings the paper reports, and ours (holds / reversed: the difference "
-              "is at least 2 standard errors of the difference of the means; within noise: "
-              "less; one seed: no spread to test against):", "", *claims]
+    lines += ["", "Orderings claimed (by the paper, or as the notes below say), and ours. "
+              "The difference is the worse arm's mean minus the better arm's: positive is "
+              "the claimed order. Holds / reversed: the difference is at least 2 standard "
+              "errors of the difference of the means, positive / negative; within noise: "
+              "less; one seed: no spread to test against:", "", *claims]
   if experiment.notes:
     lines += ["", experiment.notes.strip()]
   lines += ["", "`mfu` is against `peak_flops` (FLOP/s; on a CPU the fastest XLA matmul "

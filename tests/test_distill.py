@@ -13,6 +13,7 @@ on its own rows, two micro-batches equal one pass, a 2x2x2 mesh step equals the
 one-device step, and teachers that do not know the student's tasks are refused.
 """
 import json
+import os
 import shutil
 
 import jax
@@ -195,6 +196,13 @@ def _empty_dir(teachers, tmp_path):
   return str(tmp_path / "empty"), "no config.json"
 
 
+def _inside_a_run(teachers, tmp_path):
+  """A folder of a trained run that is neither it nor its checkpoints."""
+  run = _copy(teachers["flat"], tmp_path, "whole_run")
+  (run / "samples").mkdir(exist_ok=True)
+  return str(run / "samples"), "is not a trained run's workdir, its checkpoints/"
+
+
 def _no_checkpoint(teachers, tmp_path):
   run = tmp_path / "untrained"
   check_and_save_config(str(run), tiny())
@@ -211,7 +219,7 @@ def _conditioned(teachers, tmp_path):
 
 
 @pytest.mark.parametrize("make", [_different_vocab, _flipped_bytes, _empty_dir,
-                                  _no_checkpoint, _conditioned])
+                                  _inside_a_run, _no_checkpoint, _conditioned])
 def test_an_unusable_teacher_is_refused_before_anything_is_written(make, teachers, tmp_path):
   path, problem = make(teachers, tmp_path)
   config = tiny(teachers=f"{teachers['mgm3']},{path}")
@@ -222,6 +230,23 @@ def test_an_unusable_teacher_is_refused_before_anything_is_written(make, teacher
   assert path in str(error.value) and problem in str(error.value), str(error.value)
   assert "\n" not in str(error.value)
   assert not workdir.exists(), "a refused run writes nothing"
+
+
+def test_a_teacher_list_with_an_empty_entry_is_refused(teachers, tmp_path):
+  config = tiny(teachers=f"{teachers['flat']},,")
+  with pytest.raises(ConfigError, match="has an empty entry") as error:
+    loop.run_mode(config, str(tmp_path / "student"), "train")
+  assert error.value.field == "distill.teachers"
+  assert not (tmp_path / "student").exists()
+
+
+def test_a_teacher_is_its_workdir_its_checkpoints_or_one_step(teachers):
+  from mgm import distill
+  run = teachers["mgm3"]
+  step = max((p for p in os.listdir(os.path.join(run, "checkpoints")) if p.isdigit()), key=int)
+  for path in (run, os.path.join(run, "checkpoints"), os.path.join(run, "checkpoints", step)):
+    (found,) = distill.check_config(tiny(teachers=path))
+    assert len(found[2].levels) == 3, path     # the mgm3 run's own model
 
 
 def test_a_sharded_step_with_a_teacher_equals_the_one_device_step(teachers, batches):

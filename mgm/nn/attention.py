@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 from jax.sharding import PartitionSpec as P
 
@@ -67,8 +68,12 @@ def full_attention(q, k, v, impl: str = "auto", doc_ids=None):
   if kernel == "blockwise":
     return blockwise_causal_attention(q, k, v, doc_ids=doc_ids)
   long = q.shape[1] > QUERY_CHUNK and q.shape[1] % QUERY_CHUNK == 0
-  if doc_ids is not None and kernel == "cudnn" and q.shape[1] % FLASH_BLOCK == 0:
-    return segment_flash_attention(q, k, v, doc_ids)
+  if doc_ids is not None and kernel == "cudnn":
+    if q.shape[1] % FLASH_BLOCK == 0:
+      return segment_flash_attention(q, k, v, doc_ids)
+    logging.log_first_n(logging.WARNING, "full attention over %d positions with documents "
+                        "runs XLA's masked O(T^2) kernel: the flash kernel with segment ids "
+                        "needs a multiple of %d", 4, q.shape[1], FLASH_BLOCK)
   if doc_ids is not None:
     if long:
       return chunked_causal_attention(q, k, v, QUERY_CHUNK, doc_ids=doc_ids)
@@ -220,7 +225,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   unit_window: int | None = None   # longest unit, for span='parent' with unit_ids
-  attention_impl: str = "auto"     # auto | xla | cudnn (full causal spans)
+  attention_impl: str = "auto"     # auto | xla | cudnn | blockwise (full causal spans)
 
   @nn.compact
   def __call__(self, x, positions, unit_ids=None, doc_ids=None, cache=None, index=None,
