@@ -171,7 +171,7 @@ def write(experiment, rows, workdir: str, results_md: str) -> str:
             for corpus, models in points.items()}
   path = os.path.join(workdir, "scaling.png")
   plot(path, points, fitted, floors, experiment.metric,
-       f"{experiment.title}: {experiment.metric} against training FLOPs")
+       f"{experiment.title} ({experiment.metric})")
   with open(results_md, "a", encoding="utf-8") as f:
     f.write(markdown(experiment, fitted))
   return path
