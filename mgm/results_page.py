@@ -4,8 +4,10 @@
 
 Each folder experiments/results/NAME/ holds an experiment's results.csv (one
 row per arm: mean, `<metric>_std` and `seeds`; a table from before seeds has
-neither and counts as one seed) and results.json (the run's record: size,
-seeds, machine, date, command; report.write makes it). The page lists every
+neither and counts as one seed) and results.json (the run's record:
+experiment, size, seeds, machine, date, command; report.write makes it). A
+second size of one experiment gets its own folder, NAME_SIZE/ (e.g.
+megabyte_long/): its results.json names the experiment file. The page lists every
 experiment with its command, size, seeds, machine and date, and judges each
 ordering the experiment file (experiments/NAME.py at the recorded size)
 claims on the recorded rows (report.orderings: holds / reversed / within
@@ -56,7 +58,8 @@ def experiment_section(name: str, folder: str, root: str) -> tuple[list[str], di
   """One experiment's lines and its summary-table cells."""
   meta = record(folder)
   size = meta.get("size") or "cpu"
-  experiment = runner.load(os.path.join(root, "experiments", f"{name}.py:{size}"))
+  file = meta.get("experiment") or name
+  experiment = runner.load(os.path.join(root, "experiments", f"{file}.py:{size}"))
   rows = read_rows(os.path.join(folder, "results.csv"), experiment)
   seeds = max(r["seeds"] for r in rows)
   judged = report.orderings(experiment, rows)

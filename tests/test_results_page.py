@@ -35,6 +35,11 @@ def make_root(tmp_path):
   (results / "x" / "results.json").write_text(json.dumps(
       {"size": "cpu", "seeds": 3, "machine": "gpu: NVIDIA H200 x1", "date": "2026-11-30",
        "command": "python launch.py --experiment=experiments/x.py:cpu --workdir=runs/x"}))
+  (results / "x_long").mkdir()   # a second size of x: its own folder, naming x
+  (results / "x_long" / "results.csv").write_text(CSV)
+  (results / "x_long" / "results.json").write_text(json.dumps(
+      {"experiment": "x", "size": "long", "seeds": 3, "machine": "cpu", "date": "2026-12-01",
+       "command": "python launch.py --experiment=experiments/x.py:long --workdir=runs/x_long"}))
   (results / "y").mkdir()
   (results / "y" / "results.csv").write_text(LEGACY_CSV)
   (results / "HISTORY.md").write_text("# Old title\n\nEarlier runs, as they were.\n")
@@ -55,6 +60,8 @@ def test_constructed_results_are_judged(tmp_path):
   assert ("| [x](#x) | cpu | 3 | gpu: NVIDIA H200 x1 | 2026-11-30 | 2 holds, 1 not recorded, "
           "1 reversed, 1 within noise |") in text
   assert "    python launch.py --experiment=experiments/x.py:cpu --workdir=runs/x" in text
+  assert "| [x_long](#x_long) | long | 3 | cpu | 2026-12-01 | 2 holds, 1 not recorded, " \
+      "1 reversed, 1 within noise |" in text
   assert "| z | | | | | no results recorded yet |" in text
   assert text.endswith("## History\n\nEarlier runs, as they were.\n")
 
