@@ -83,7 +83,8 @@ def main(argv):
   speed = setup.speed(tokens_per_sec, 0)
   record = {
       "bench": "mfu", "date": datetime.date.today().isoformat(),
-      "device": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""), "devices": jax.device_count(),
+      "device": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "devices": jax.device_count(),
       "mesh": dict(placement.mesh.shape), "levels": len(config.model.levels),
       "widths": [l.width for l in config.model.levels],
       "depths": [l.depth for l in config.model.levels],
