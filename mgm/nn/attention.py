@@ -113,7 +113,7 @@ def segment_flash_attention(q, k, v, segment_ids, interpret: bool = False):
     raise ValueError("segment_flash_attention runs per shard of rows and heads; the mesh "
                      f"rules split the sequence ({length}) or head dimension ({kv})")
   rows = P(batch, None, heads, None)
-  return jax.shard_map(lambda *a: kernel(*a), in_specs=(rows, rows, rows, P(batch, None)),
+  return jax.shard_map(kernel, in_specs=(rows, rows, rows, P(batch, None)),
                        out_specs=rows, check_vma=False)(q, k, v, segment_ids)
 
 
